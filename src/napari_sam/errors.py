@@ -1,0 +1,50 @@
+"""Errors a person can act on.
+
+Every error raised on purpose by napari-samkit derives from :class:`SamkitError`
+and its message says what was wrong and what to do about it. The command line
+prints the message (never a traceback) and exits with :attr:`SamkitError.exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class SamkitError(Exception):
+    """Base class of the errors napari-samkit raises on purpose."""
+
+    exit_code = 1
+
+
+class CheckpointError(SamkitError):
+    """A checkpoint file is missing, broken, or of an unexpected architecture."""
+
+    exit_code = 3
+
+
+class UnknownModelError(SamkitError):
+    """A model name that is neither in the registry nor a file."""
+
+    exit_code = 3
+
+
+class DownloadError(SamkitError):
+    """A checkpoint could not be downloaded or failed verification."""
+
+    exit_code = 4
+
+
+class ImageError(SamkitError):
+    """An image that cannot be segmented as given (shape, dtype, channels)."""
+
+    exit_code = 2
+
+
+class PromptError(SamkitError):
+    """Prompts (points, boxes, masks) that do not fit the image or the model."""
+
+    exit_code = 2
+
+
+class InputFileError(SamkitError):
+    """An input file (image, CSV, labels) that cannot be read."""
+
+    exit_code = 2

@@ -1,0 +1,112 @@
+"""Pure tensor functions between a model, an embedding and prompts.
+
+These are the building blocks of :class:`~napari_sam.predictor.Predictor`, the
+automatic generators and the widgets. Coordinates passed to :func:`decode_prompts`
+are already in the encoder's input frame (see :func:`to_input_coords`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .embedding import ImageEmbedding
+from .models.sam import SamModel
+from .precision import encoder_autocast
+from .preprocess import model_input
+
+
+@torch.inference_mode()
+def embed_image(model: SamModel, rgb: np.ndarray, precision: str | None = None) -> ImageEmbedding:
+    """Run the image encoder once on an RGB image.
+
+    Args:
+        model: a loaded :class:`SamModel`.
+        rgb: ``H x W x 3`` from :func:`napari_sam.preprocess.as_rgb`.
+        precision: ``"float32"`` or ``"bfloat16"``; None for the configured default
+            (see :mod:`napari_sam.precision`).
+
+    Returns:
+        The :class:`ImageEmbedding` (features ``1 x 256 x 64 x 64`` float32).
+    """
+    tensor, input_size = model_input(rgb, model.spec)
+    tensor = tensor.to(model.device)
+    with encoder_autocast(model.device, precision):
+        features = model.image_encoder(tensor)
+    return ImageEmbedding(
+        features=features.float().contiguous(),
+        original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+        input_size=input_size,
+        image_size=model.spec.image_size,
+        model_name=model.spec.name,
+    )
+
+
+def to_input_coords(coords_xy: np.ndarray, embedding: ImageEmbedding) -> np.ndarray:
+    """Scale ``... x 2`` (x, y) coordinates of the original image to the input frame.
+
+    Boxes ``N x 4`` (x0, y0, x1, y1) scale the same way after ``reshape(-1, 2, 2)``.
+    """
+    sy, sx = embedding.scale
+    coords = np.asarray(coords_xy, dtype=np.float64).copy()
+    coords[..., 0] *= sx
+    coords[..., 1] *= sy
+    return coords
+
+
+@torch.inference_mode()
+def decode_prompts(
+    model: SamModel,
+    embedding: ImageEmbedding,
+    point_coords: torch.Tensor | None = None,
+    point_labels: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder for a batch of ``B`` prompts on one embedding.
+
+    Args:
+        point_coords: ``B x N x 2`` (x, y) in the input frame, or None.
+        point_labels: ``B x N``: 1 foreground, 0 background, -1 padding.
+        boxes: ``B x 4`` (x0, y0, x1, y1) in the input frame, or None.
+        mask_input: ``B x 1 x 256 x 256`` low-resolution logits, or None.
+        multimask: three masks (whole, part, subpart) per prompt if True, else one.
+
+    Returns:
+        ``(low_res_logits, iou_predictions)``: ``B x C x 256 x 256`` and ``B x C``
+        with ``C = 3`` if ``multimask`` else 1.
+    """
+    device = model.device
+    points = None
+    if point_coords is not None:
+        points = (point_coords.to(device, torch.float32), point_labels.to(device, torch.int64))
+    if boxes is not None:
+        boxes = boxes.to(device, torch.float32)
+    if mask_input is not None:
+        mask_input = mask_input.to(device, torch.float32)
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return model.mask_decoder(
+        image_embeddings=embedding.features.to(device),
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+@torch.inference_mode()
+def logits_to_image(low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+    """Low-resolution logits ``B x C x 256 x 256`` -> ``B x C x H x W`` at the original size.
+
+    Upsample to the padded input, crop the padding, resize to the original size
+    (bilinear), as Meta's ``Sam.postprocess_masks``.
+    """
+    size = embedding.image_size
+    logits = low_res_logits.float()
+    if logits.shape[-1] != size:
+        logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
+    h, w = embedding.input_size
+    logits = logits[..., :h, :w]
+    return F.interpolate(logits, embedding.original_size, mode="bilinear", align_corners=False)

