@@ -1,0 +1,298 @@
+"""Background work for the annotator: image embeddings and model loading.
+
+Both run in napari thread workers (the viewer never freezes) and follow one rule:
+every request gets a generation number, and a result is applied only if no newer
+request was made since (a superseded embedding is still cached: it is correct for
+its own plane). At most one encoder runs at a time; while it runs, only the newest
+waiting request is kept, so scrolling through a stack does not queue every slice.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..embedding import EmbeddingCache, ImageEmbedding
+
+
+def _embed(model, plane: np.ndarray, channel_axis: int | None, channels, precision):
+    """Worker body: preprocess a plane and run the encoder (runs off the GUI thread)."""
+    from ..inference import embed_image
+    from ..preprocess import as_rgb
+
+    with warnings.catch_warnings():  # e.g. torch's note on read-only arrays: not for people
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = as_rgb(plane, channel_axis=channel_axis, channels=channels)
+        return embed_image(model, rgb, precision=precision)
+
+
+def _predict(predictor, objects, memory):
+    """Worker body for a slow preview: the decoder for every object, timed."""
+    from ..interactive import predict_objects
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # the box-only hint is shown once by the widget
+        warnings.simplefilter("ignore", UserWarning)
+        predictions = predict_objects(predictor, objects, memory)
+    return predictions, time.perf_counter() - start
+
+
+def _load(name_or_path: str, device: str | None):
+    from ..loading import load_model
+
+    return load_model(name_or_path, device=device)
+
+
+class _Failed:
+    """An exception carried out of a worker as a value (see :func:`start_worker`)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _catching(function, *args):
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - handed to on_error on the GUI thread
+        return _Failed(error)
+
+
+def start_worker(function, *args, progress: str | None = None, on_return=None, on_error=None, on_finish=None):
+    """Start ``function(*args)`` in a napari thread worker with an optional progress bar.
+
+    Exceptions come back to ``on_error`` as values, so napari does not also show
+    its own raw traceback notification for an error the widget explains (without
+    ``on_error``, napari shows the exception as for any worker).
+    """
+    from napari.qt.threading import create_worker
+
+    kwargs = {"_progress": {"desc": progress}} if progress else {}
+    worker = create_worker(_catching, function, *args, **kwargs)
+
+    def returned(value) -> None:
+        if isinstance(value, _Failed):
+            if on_error is not None:
+                on_error(value.error)
+            else:  # nobody explains it: napari shows the exception as usual
+                from napari.utils.notifications import notification_manager
+
+                error = value.error
+                notification_manager.receive_error(type(error), error, error.__traceback__)
+        elif on_return is not None:
+            on_return(value)
+
+    worker.returned.connect(returned)
+    if on_finish is not None:
+        worker.finished.connect(on_finish)
+    worker.start()
+    return worker
+
+
+@dataclass
+class EmbeddingJob:
+    generation: int
+    key: Hashable
+    model: object
+    plane: np.ndarray
+    channel_axis: int | None
+    channels: list[int] | None
+    precision: str | None
+
+
+class EmbeddingJobs:
+    """Embeddings per (image key, plane, model), computed in the background.
+
+    Args:
+        on_ready: ``on_ready(key, embedding)`` on the GUI thread for the newest request.
+        on_error: ``on_error(exception)`` for the newest request.
+        on_busy: ``on_busy(bool)`` when the encoder starts or stops.
+        cache: the :class:`EmbeddingCache` to use (the widget owns it).
+    """
+
+    def __init__(
+        self,
+        on_ready: Callable[[Hashable, ImageEmbedding], None],
+        on_error: Callable[[BaseException], None],
+        on_busy: Callable[[bool], None] | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.generation = 0
+        self._on_ready = on_ready
+        self._on_error = on_error
+        self._on_busy = on_busy or (lambda busy: None)
+        self._running: EmbeddingJob | None = None
+        self._worker = None
+        self._pending: EmbeddingJob | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def request(
+        self,
+        key: Hashable,
+        model,
+        plane: np.ndarray,
+        channel_axis: int | None = None,
+        channels: list[int] | None = None,
+        precision: str | None = None,
+    ) -> ImageEmbedding | None:
+        """Ask for the embedding of ``plane``; supersedes every earlier request.
+
+        Returns:
+            The cached embedding at once if there is one (``on_ready`` is not
+            called then), else None and ``on_ready`` follows from a worker.
+        """
+        self.generation += 1
+        self._pending = None
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        job = EmbeddingJob(self.generation, key, model, plane, channel_axis, channels, precision)
+        if self._running is None:
+            self._start(job)
+        else:
+            self._pending = job
+        return None
+
+    def cancel(self) -> None:
+        """Drop every request made so far (the running encoder finishes; its result is cached only)."""
+        self.generation += 1
+        self._pending = None
+
+    def _start(self, job: EmbeddingJob) -> None:
+        self._running = job
+        self._on_busy(True)
+        self._worker = start_worker(
+            _embed,
+            job.model,
+            job.plane,
+            job.channel_axis,
+            job.channels,
+            job.precision,
+            progress="Computing image embedding",
+            on_return=lambda embedding: self._returned(job, embedding),
+            on_error=lambda error: self._errored(job, error),
+            on_finish=self._finished,
+        )
+
+    def _returned(self, job: EmbeddingJob, embedding: ImageEmbedding) -> None:
+        self.cache.put(job.key, embedding)
+        if job.generation == self.generation:
+            self._on_ready(job.key, embedding)
+
+    def _errored(self, job: EmbeddingJob, error: BaseException) -> None:
+        if job.generation == self.generation:
+            self._on_error(error)
+
+    def _finished(self) -> None:
+        self._running = None
+        self._worker = None
+        job, self._pending = self._pending, None
+        if job is None:
+            self._on_busy(False)
+            return
+        cached = self.cache.get(job.key)  # e.g. back on the plane that just finished
+        if cached is not None:
+            self._on_busy(False)
+            if job.generation == self.generation:
+                self._on_ready(job.key, cached)
+            return
+        self._start(job)
+
+
+class LatestJobs:
+    """One background function at a time; while it runs only the newest request waits.
+
+    Results (and errors) of superseded requests are dropped. Used for previews when
+    the decoder is too slow for the GUI thread.
+    """
+
+    def __init__(self, on_result: Callable[[object, object], None], on_error: Callable[[BaseException], None]) -> None:
+        self.generation = 0
+        self._on_result = on_result
+        self._on_error = on_error
+        self._running = False
+        self._pending: tuple | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def request(self, tag, function, *args) -> None:
+        """Run ``function(*args)``; ``on_result(tag, result)`` unless superseded."""
+        self.generation += 1
+        job = (self.generation, tag, function, args)
+        if self._running:
+            self._pending = job
+        else:
+            self._start(job)
+
+    def cancel(self) -> None:
+        self.generation += 1
+        self._pending = None
+
+    def _start(self, job: tuple) -> None:
+        generation, tag, function, args = job
+        self._running = True
+
+        def returned(result) -> None:
+            if generation == self.generation:
+                self._on_result(tag, result)
+
+        def errored(error: BaseException) -> None:
+            if generation == self.generation:
+                self._on_error(error)
+
+        start_worker(function, *args, on_return=returned, on_error=errored, on_finish=self._finished)
+
+    def _finished(self) -> None:
+        self._running = False
+        job, self._pending = self._pending, None
+        if job is not None and job[0] == self.generation:
+            self._start(job)
+
+
+class ModelLoader:
+    """Loads models in the background; only the newest request is applied."""
+
+    def __init__(self, on_loaded: Callable[[object], None], on_error: Callable[[BaseException], None]) -> None:
+        self.generation = 0
+        self.loading = False
+        self._on_loaded = on_loaded
+        self._on_error = on_error
+        self._workers: set = set()
+
+    def request(self, name_or_path: str, device: str | None) -> None:
+        self.generation += 1
+        generation = self.generation
+        self.loading = True
+
+        def returned(model) -> None:
+            if generation == self.generation:
+                self.loading = False
+                self._on_loaded(model)
+
+        def errored(error: BaseException) -> None:
+            if generation == self.generation:
+                self.loading = False
+                self._on_error(error)
+
+        def finished() -> None:
+            self._workers.discard(worker)
+
+        worker = start_worker(
+            _load, name_or_path, device, progress=f"Loading model {name_or_path}",
+            on_return=returned, on_error=errored, on_finish=finished,
+        )
+        self._workers.add(worker)
+
+    @property
+    def busy(self) -> bool:
+        """True while any load (even a superseded one) is still running."""
+        return bool(self._workers)

@@ -1,0 +1,472 @@
+"""The interactive annotator: box or click an object, see the mask, commit it to labels.
+
+Thin by design: it reads layers, calls :mod:`napari_sam.annotation` and the
+:class:`~napari_sam.predictor.Predictor`, and writes layers. Embeddings and model
+loading run in thread workers (:mod:`._jobs`); the mask decoder runs on the GUI
+thread while it is fast (under :data:`SYNC_PREVIEW_SECONDS`), else in a worker too.
+
+Everything a person does with the mouse is a method here (see docs/annotator.md).
+The public methods raise :class:`~napari_sam.errors.SamkitError` on bad input; the
+buttons, keys and layer events show the same errors as napari notifications.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from magicgui.widgets import Container
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..annotation import MaskChoice, commit_masks, image_plane, prompts_for_model
+from ..embedding import EmbeddingCache, image_key
+from ..errors import ImageError, PromptError, SamkitError
+from ..interactive import RefinementMemory
+from ..registry import DEFAULT_MODEL
+from . import _layers as L
+from ._commit import commit_message, write_objects
+from ._controls import NEW_LABELS, SHORTCUTS, Controls, model_choices, on_undock
+from ._jobs import EmbeddingJobs, LatestJobs, _predict
+from ._models import ModelPicker
+from ._prompts import PromptLayers
+from ._report import error_message, notify_errors
+
+
+#: Previews slower than this (seconds, the last one measured) are computed in a worker.
+SYNC_PREVIEW_SECONDS = 0.1
+
+
+class AnnotatorWidget(Container):
+    """Dock widget: prompts in 'SAM points' / 'SAM boxes' -> live preview -> committed labels.
+
+    Args:
+        napari_viewer: the viewer (napari passes it).
+        model: registry name or checkpoint path to load first, or a loaded model.
+        device: torch device (default CPU).
+    """
+
+    def __init__(self, napari_viewer, model=DEFAULT_MODEL, device: str | None = None) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.cache = EmbeddingCache()
+        self.predictor = None
+        self.memory = RefinementMemory()
+        self.choice: MaskChoice | None = None
+        self.preview_masks = np.zeros((0, 0, 0), bool)  # K x H x W, the masks shown
+        self.last_preview_seconds: float | None = None
+        self.preview_layer = None
+        self._frame: L.ImageFrame | None = None
+        self._geometry = None
+        self._wanted_key = self._ready_key = None
+        self._last_error: str | None = None
+        self._warned_points = False
+        self._last_commit_layer = self._watched_image = None
+        self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache)
+        self._previews = LatestJobs(self._on_preview_result,
+                                    lambda error: self._report(error_message(error, "predicting the preview")))
+        self._prompt_version = self._shown_version = 0  # changes of the prompts, and the one shown
+        self.prompts = PromptLayers(self.viewer, self._on_prompts_changed, lambda: self._gui(self.toggle_point_label),
+                                    SHORTCUTS["toggle_label"])
+        model_files: list[str] = []  # checkpoint files chosen so far, shared with the picker
+        self.controls = c = Controls(self, self._image_choices, self._labels_choices,
+                                     lambda _widget: model_choices(model_files))
+        self.models = ModelPicker(c.model, c.device, self._on_model_loaded, self._report, c.set_status,
+                                  model_files, self.native)
+        c.image.changed.connect(self._on_image_changed)
+        c.channels_first.changed.connect(self._on_image_changed)
+        c.point_label.clicked.connect(lambda: self._gui(self.toggle_point_label))
+        c.next_mask.clicked.connect(lambda: self._gui(self.cycle_mask))
+        c.commit.clicked.connect(lambda: self._gui(self.commit))
+        c.undo.clicked.connect(lambda: self._gui(self.undo_commit))
+        c.clear.clicked.connect(lambda: self._gui(self.clear_prompts))
+        self._connections = [(self.viewer.layers.events.inserted, self._on_layers_changed),
+                             (self.viewer.layers.events.removed, self._on_layers_changed)]
+        self._connections += [(event, self._on_dims) for event in (
+            self.viewer.dims.events.current_step, self.viewer.dims.events.ndisplay, self.viewer.dims.events.order)]
+        for event, handler in self._connections:
+            event.connect(handler)
+        actions = {"commit": self.commit, "next_mask": self.cycle_mask, "clear": self.clear_prompts,
+                   "undo": self.undo_commit}
+        for action, method in actions.items():
+            self.viewer.bind_key(SHORTCUTS[action], lambda _viewer, m=method: self._gui(m), overwrite=True)
+        on_undock(self.native, self.disconnect_viewer)
+        self.set_model(model, device)
+        self._on_layers_changed()
+        if self.image_layer is None:
+            self._on_image_changed()
+
+    def disconnect_viewer(self, *_) -> None:
+        """Stop reacting to the viewer: events, shortcuts, background jobs (called when the
+        dock widget is closed; open a new annotator from the Plugins menu to continue)."""
+        for event, handler in self._connections:
+            event.disconnect(handler)
+        self._connections = []
+        for action in ("commit", "next_mask", "clear", "undo"):
+            self.viewer.bind_key(SHORTCUTS[action], None)
+        if self._watched_image is not None:
+            self._watched_image.events.data.disconnect(self._on_image_data)
+            self._watched_image = None
+        self._jobs.cancel()
+        self._previews.cancel()
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self, message: str, level: str = "error") -> None:
+        self._last_error = message if level == "error" else self._last_error
+        self.controls.set_status(message.splitlines()[0][:120])
+        {"error": show_error, "warning": show_warning, "info": show_info}[level](message)
+
+    def _gui(self, method):
+        """Run a public method from a button or key: errors become notifications."""
+        try:
+            return method()
+        except Exception as error:  # noqa: BLE001
+            self._report(error_message(error, method.__name__.replace("_", " ")))
+            return None
+
+    # ------------------------------------------------------------------ layer pickers
+
+    def _image_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_choices(self, _widget=None):
+        shape = None if self._frame is None else self._frame.shape
+        return [(NEW_LABELS, NEW_LABELS)] + [
+            (layer.name, layer) for layer in self.viewer.layers
+            if isinstance(layer, Labels) and layer is not self.preview_layer and layer.data.shape == shape
+        ]
+
+    @property
+    def image_layer(self):
+        return self.controls.image.value
+
+    @property
+    def points_layer(self):
+        """The 'SAM points' layer (positive / negative clicks, feature ``label``)."""
+        return self.prompts.points
+
+    @property
+    def boxes_layer(self):
+        """The 'SAM boxes' Shapes layer (each rectangle is one object)."""
+        return self.prompts.boxes
+
+    @property
+    def labels_layer(self):
+        """The target Labels layer, or None until the first commit creates one."""
+        value = self.controls.labels.value
+        return None if value == NEW_LABELS else value
+
+    def _on_layers_changed(self, event=None) -> None:
+        self.reset_choices()
+        if self.controls.image.value is None and self._image_choices():
+            self.controls.image.value = self._image_choices()[-1][1]
+
+    def set_image_layer(self, layer) -> None:
+        """Annotate ``layer`` (an Image layer or its name)."""
+        layer = self.viewer.layers[layer] if isinstance(layer, str) else layer
+        if self.controls.image.value is layer:
+            self._on_image_changed()
+        self.controls.image.value = layer
+
+    @notify_errors("setting up the image")
+    def _on_image_changed(self, *_):
+        layer = self.controls.image.value
+        self._frame = self._geometry = self._wanted_key = None
+        self._jobs.cancel()
+        if layer is None:
+            self.controls.set_status("Add an image layer (File > Open, or drag a file in) to start.")
+            return
+        c = self.controls
+        c.channels_first.visible = not layer.rgb and layer.data.ndim >= 3
+        self._frame = frame = L.ImageFrame(layer, channels_first=c.channels_first.value)
+        self.prompts.ensure(frame)
+        if not L.matches(self.preview_layer, self.viewer, frame.ndim):
+            L.discard(self.viewer, self.preview_layer)
+            self.preview_layer = L.make_preview_layer(self.viewer, frame)
+        self.preview_layer.scale = frame.scale
+        if self._watched_image is not None:
+            self._watched_image.events.data.disconnect(self._on_image_data)
+        self._watched_image = layer
+        layer.events.data.connect(self._on_image_data)
+        self.reset_choices()
+        self._select_prompt_layer()
+        self._on_dims()
+
+    def _select_prompt_layer(self) -> None:
+        """Make the prompt layer the model uses active, in its drawing mode."""
+        if self.boxes_layer is None:
+            return
+        if self.predictor is not None and not self.predictor.spec.supports_points:
+            self.viewer.layers.selection.active = self.boxes_layer
+            self.boxes_layer.mode = "add_rectangle"
+        else:
+            self.viewer.layers.selection.active = self.points_layer
+            self.points_layer.mode = "add"
+
+    # ------------------------------------------------------------------ model
+
+    def set_model(self, model, device: str | None = None) -> None:
+        """Use a model: a registry name or checkpoint path (loaded in the background, see
+        :meth:`wait_until_ready`), or an already loaded :class:`~napari_sam.models.sam.SamModel`."""
+        self.models.set_model(model, device)
+
+    def _on_model_loaded(self, model) -> None:
+        from ..predictor import Predictor
+
+        self.predictor = Predictor(model)
+        self._last_error = None
+        spec = model.spec
+        self.controls.hint.value = (
+            f"{spec.name}: draw boxes in '{L.BOXES_NAME}' (R); it needs a box per object "
+            f"(points in '{L.POINTS_NAME}' only refine a box)."
+            if not spec.supports_points else
+            f"{spec.name}: click in '{L.POINTS_NAME}' (P) and/or draw boxes in '{L.BOXES_NAME}' (R)."
+        )
+        self._warned_points = False
+        self.memory.clear()
+        self._wanted_key = None
+        self._select_prompt_layer()
+        if self._frame is None:
+            self.controls.set_status(f"{spec.name} loaded. Add an image layer (File > Open) to start.")
+        self._on_dims()
+
+    # ------------------------------------------------------------------ planes and embeddings
+
+    def _on_image_data(self, *_) -> None:
+        self._wanted_key = None  # the pixels changed: hash the plane again
+        self._on_dims()
+
+    @notify_errors("changing the plane")
+    def _on_dims(self, *_):
+        if self._frame is None or self.predictor is None:
+            return
+        try:
+            geometry = self._frame.geometry(self.viewer)
+        except ImageError as error:
+            if self._geometry is not None:
+                self._report(str(error), level="warning")
+            self._geometry = None
+            return
+        if geometry == self._geometry and self._wanted_key is not None:
+            return  # same plane, same data: nothing to hash or compute
+        frame, spec = self._frame, self.predictor.spec
+        plane = image_plane(frame.layer.data, geometry, rgb=frame.rgb, channel_axis=frame.channel_axis)
+        key = (image_key(plane), geometry.plane_index, geometry.displayed, spec.name, frame.channel_axis)
+        if key == self._wanted_key and geometry == self._geometry:
+            return
+        plane_moved = self._geometry is None or geometry.plane_index != self._geometry.plane_index
+        self._geometry, self._wanted_key = geometry, key
+        if plane_moved or key != self._ready_key:
+            self._previews.cancel()
+            self.memory.clear()
+            self._show([])
+        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None
+        axis = -1 if frame.channel_axis is not None else None
+        embedding = self._jobs.request(key, self.predictor.model, plane, axis, channels)
+        if embedding is not None:
+            self._on_embedding(key, embedding)
+        else:
+            self._ready_key = None
+            plane = ", ".join(map(str, geometry.plane_index))
+            self.controls.set_status(f"Computing the image embedding{f' of plane {plane}' if plane else ''}…")
+
+    def _on_embedding(self, key, embedding) -> None:
+        if key != self._wanted_key or self.predictor is None:
+            return
+        self.predictor.set_embedding(embedding)
+        self._ready_key = key
+        self._last_error = None
+        plane = self._geometry.plane_index
+        where = f" (plane {', '.join(map(str, plane))})" if plane else ""
+        self.controls.set_status(f"Ready{where}: add prompts.")
+        self._gui(self.update_preview)
+
+    def _on_embedding_error(self, error: BaseException) -> None:
+        self._report(error_message(error, "computing the image embedding"))
+
+    @property
+    def ready(self) -> bool:
+        """True when the current plane's embedding is set (prompts give a preview at once)."""
+        return self._ready_key is not None and self._ready_key == self._wanted_key
+
+    def wait_until_ready(self, timeout: float = 120.0) -> None:
+        """Process Qt events until the model and the current plane's embedding are ready
+        and no background job (embedding, slow preview) is running. For scripts: call it
+        after changing the prompt layers, before reading the preview.
+
+        Raises:
+            SamkitError: with the message of a failed model load or embedding.
+            TimeoutError: after ``timeout`` seconds.
+        """
+        from qtpy.QtWidgets import QApplication
+
+        if self._frame is None and not self.models.busy:
+            raise ImageError("Select an image layer first (set_image_layer).")
+        deadline = time.monotonic() + timeout
+        while self.models.busy or self._jobs.busy or self._previews.busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The annotator was not ready after {timeout} s ({self.controls.status.value}).")
+            QApplication.processEvents()
+            time.sleep(0.005)
+        if not self.ready:  # nothing runs any more: the last error says why
+            raise SamkitError(self._last_error or f"The annotator is not ready: {self.controls.status.value}")
+
+    # ------------------------------------------------------------------ prompts -> preview
+
+    def _on_prompts_changed(self, event=None) -> None:
+        """A prompt layer changed: preview on the GUI thread if the decoder is fast, else in a worker."""
+        self._prompt_version += 1
+        if not self.ready:
+            return
+        fast = (self.last_preview_seconds or 0.0) < SYNC_PREVIEW_SECONDS
+        if str(getattr(event, "action", "changed")) == "changing" and not fast:
+            return  # live updates while dragging only when the decoder keeps up
+        if fast:
+            self._gui(self.update_preview)
+            return
+        try:
+            objects = self._current_objects()
+        except Exception as error:  # noqa: BLE001
+            self._report(error_message(error, "reading the prompts"))
+            return
+        self._previews.request((self._prompt_version, self._ready_key, objects),
+                               _predict, self.predictor, objects, self.memory)
+
+    def _on_preview_result(self, tag, result) -> None:
+        version, key, objects = tag
+        if key != self._ready_key:
+            return
+        predictions, self.last_preview_seconds = result
+        self.choice = MaskChoice([p.iou_scores for p in predictions])
+        self._show(objects, predictions)
+        self._shown_version = version
+
+    def _current_objects(self):
+        objects, ignored = prompts_for_model(self.prompts.objects(self._geometry), self.predictor.spec.supports_points)
+        if ignored and not self._warned_points:
+            self._warned_points = True
+            self._report(f"{self.predictor.spec.name} was trained on boxes: points alone segment nothing. "
+                         f"Draw a box around the object in '{L.BOXES_NAME}' (points inside it refine it), "
+                         "or choose vit_b or vit_t for click-only prompts.", level="info")
+        return objects
+
+    def update_preview(self) -> np.ndarray:
+        """Predict masks from the prompts on the current plane and show them.
+
+        Returns:
+            The preview label plane ``H x W`` (object ``k`` has id ``k + 1``); all
+            zeros without prompts or before the embedding is ready.
+        """
+        self._previews.cancel()
+        self._shown_version = self._prompt_version
+        if not self.ready or self.prompts.points is None:
+            return self._show([])
+        objects = self._current_objects()
+        predictions, self.last_preview_seconds = _predict(self.predictor, objects, self.memory)
+        self.choice = MaskChoice([p.iou_scores for p in predictions])
+        return self._show(objects, predictions)
+
+    def _show(self, objects, predictions=()) -> np.ndarray:
+        """Write the chosen masks to the preview layer; remember their logits for refinement."""
+        self._objects, self._predictions = list(objects), list(predictions)
+        if self._geometry is None:
+            self.preview_masks = np.zeros((0, 0, 0), bool)
+            return self.preview_masks
+        shape = self._geometry.plane_shape
+        if not self._predictions:
+            self.choice = None
+            self.preview_masks = np.zeros((0, *shape), bool)
+        else:
+            chosen = self.choice.indices()
+            self.preview_masks = np.stack([p.masks[i] for p, i in zip(self._predictions, chosen)])
+            for obj, p, i in zip(self._objects, self._predictions, chosen):
+                self.memory.remember(obj, p.low_res_logits[i])
+        plane = commit_masks(np.zeros(shape, np.uint16), self.preview_masks, "fill_background", 1).plane
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            L.place_preview(self.preview_layer, self._frame, self._geometry)
+            self._geometry.write(self.preview_layer.data, plane, collapsed=True)
+            self.preview_layer.refresh()
+        self.controls.mask_info.value = self.choice.describe() if self.choice else ""
+        return plane
+
+    def cycle_mask(self) -> str:
+        """Show the next candidate mask (whole / part / subpart); returns its description."""
+        if self.choice is None:
+            raise PromptError("No preview yet: draw a box or click an object first.")
+        if not self.choice.cycle():
+            show_info(f"{self.predictor.spec.name} returns one mask per prompt; there is nothing to cycle.")
+        self._show(self._objects, self._predictions)
+        return self.choice.describe()
+
+    def toggle_point_label(self) -> str:
+        """Switch the label of the next points between positive and negative; returns it."""
+        label = L.NEGATIVE if self.prompts.next_label == L.POSITIVE else L.POSITIVE
+        self.prompts.set_next_label(label)
+        self.controls.point_label.text = f"Next click: {label} [{SHORTCUTS['toggle_label']}]"
+        return label
+
+    # ------------------------------------------------------------------ scripting helpers
+
+    def _require_plane(self):
+        if self._geometry is None or self.prompts.points is None:
+            raise ImageError("Select an image layer (and a 2D view) first.")
+        return self._geometry
+
+    def add_points(self, coords, positive: bool = True) -> None:
+        """Add points ``N x 2`` ``(row, col)`` on the current plane (or ``N x D`` image coordinates)."""
+        self.prompts.add_points(self._require_plane(), coords, positive)
+
+    def add_boxes(self, boxes) -> None:
+        """Add boxes ``N x 4`` ``(row0, col0, row1, col1)`` on the current plane, all in one update."""
+        self.prompts.add_boxes(self._require_plane(), boxes)
+
+    def clear_prompts(self) -> None:
+        """Remove the points and boxes of the current plane (committed labels are not touched)."""
+        self.prompts.clear_plane(self._require_plane())
+        self.memory.clear()
+        self.update_preview()
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(self, mode: str | None = None) -> list[int]:
+        """Write the preview objects into the labels layer with new ids; returns the ids written.
+
+        Args:
+            mode: ``"fill_background"``, ``"keep"`` or ``"overwrite"`` (default: the
+                widget's choice). Undo with :meth:`undo_commit` or Ctrl+Z in the layer.
+        """
+        if self._frame is None:
+            raise ImageError("Select an image layer first.")
+        if self._shown_version != self._prompt_version:  # a slow preview still computing
+            self.update_preview()
+        if not len(self.preview_masks) or not self.preview_masks.any():
+            raise PromptError("Nothing to commit: draw a box (or click) on the object first and wait for the preview.")
+        layer = self.labels_layer
+        if layer is None:
+            layer = L.make_labels_layer(self.viewer, self._frame)
+            self.reset_choices()
+            self.controls.labels.value = layer
+            self.viewer.layers.selection.active = self.boxes_layer
+        if layer.data.shape != self._frame.shape:
+            raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
+                             f"{self._frame.shape}; choose 'new layer' under Labels.")
+        result = write_objects(layer, self._geometry, self.preview_masks, mode or self.controls.mode.value)
+        self._last_commit_layer = layer
+        written = [o for o, i in zip(self._objects, result.ids) if i]
+        self.prompts.remove(
+            np.concatenate([o.point_indices for o in written]) if written else [],
+            [o.box_index for o in written if o.box_index is not None],
+        )
+        self.memory.clear()
+        self.update_preview()
+        self.controls.set_status(commit_message(layer.name, result))
+        ids = result.written_ids.tolist()
+        return ids
+
+    def undo_commit(self) -> None:
+        """Undo the last change of the labels layer that received the last commit."""
+        if self._last_commit_layer is None or self._last_commit_layer not in self.viewer.layers:
+            raise PromptError("Nothing to undo: no commit yet.")
+        self._last_commit_layer.undo()
+        self.controls.set_status(f"Undid the last change of '{self._last_commit_layer.name}'.")
