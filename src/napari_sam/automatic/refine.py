@@ -1,0 +1,460 @@
+"""Stage 2: boxes or rough labels -> instance labels, refined by the model.
+
+Every box (from a detector, a Shapes layer, the box proposals of
+:mod:`.proposals`, or the bounding box of an object of a rough label image) is one
+object. The model sees each object through a **window** of the image:
+
+* Windows (:mod:`.windows`). Small objects are seen through zoomed windows of
+  the image, so that they are about ``S / 4`` pixels at the encoder input
+  (``S = model.spec.image_size``); nearby boxes share a window, so the encoder
+  runs far fewer times than there are objects.
+* Decoding. Each window is embedded once (optionally through an
+  :class:`~napari_sam.embedding.EmbeddingCache`) and its boxes are decoded in
+  batches (single-mask output for box prompts, as LiteMedSAM was trained). The
+  low-resolution logits are sampled bilinearly (``grid_sample``) straight at the
+  image pixels of each object's region of interest: the box grown by half its
+  side on every side (and at least 4 pixels). A mask is never larger than that
+  region, which also stops leaks into far-away structures.
+
+Overlaps in the label image: a pixel claimed by several objects goes to the
+object whose mask logit is highest there (the most confident one), so touching
+objects split along the line where their logits are equal and two ids never merge.
+Box ``i`` becomes label ``i + 1``; an object whose mask is empty (or fully claimed
+by more confident neighbours) is absent from the labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..embedding import EmbeddingCache, image_key
+from ..errors import PromptError
+from ..inference import decode_prompts, embed_image
+from ..models.sam import SamModel
+from ..precision import resolve_precision
+from ..preprocess import as_rgb
+from . import amg
+from .windows import plan_windows
+
+#: Pixels sampled at once when logits are put on the image (bounds memory).
+_SAMPLE_PIXELS = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class RefinedObject:
+    """One refined object: its mask logits on a small region of the image.
+
+    Attributes:
+        logits: ``h x w`` float32 mask logits over ``region``; the mask is ``logits > 0``.
+        region: ``(x0, y0, x1, y1)`` of the logits in the image (x1, y1 exclusive).
+        predicted_iou: the model's estimate of the mask's IoU.
+        stability_score: IoU of the masks at logit thresholds +1 and -1.
+        window: ``(x0, y0, x1, y1)`` of the image window the encoder saw.
+    """
+
+    logits: np.ndarray
+    region: tuple[int, int, int, int]
+    predicted_iou: float
+    stability_score: float
+    window: tuple[int, int, int, int]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``h x w`` bool mask over ``region``."""
+        return self.logits > 0
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """``H x W`` bool mask on the whole image."""
+        out = np.zeros(shape, dtype=bool)
+        x0, y0, x1, y1 = self.region
+        out[y0:y1, x0:x1] = self.mask
+        return out
+
+
+# ------------------------------------------------------------------ input checks
+
+
+def mask_box(obj: RefinedObject) -> np.ndarray:
+    """``4`` float64 box (x0, y0, x1, y1; ends exclusive) around a non-empty object mask."""
+    mask = obj.mask
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    x0, y0 = obj.region[:2]
+    return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1], dtype=np.float64)
+
+
+def check_boxes(boxes, shape: tuple[int, int]) -> np.ndarray:
+    """Validate ``N x 4`` (x0, y0, x1, y1) pixel boxes and clip them to the image.
+
+    Corners may come in any order. Raises :class:`PromptError` for a wrong shape,
+    NaN or infinite values, boxes of zero width or height, and boxes entirely
+    outside the ``H x W`` image.
+
+    Returns:
+        ``N x 4`` float64 boxes with ``x0 < x1``, ``y0 < y1``, inside ``[0, W] x [0, H]``.
+    """
+    array = np.asarray(boxes, dtype=np.float64) if np.size(boxes) else np.zeros((0, 4))
+    if array.ndim == 1 and array.size == 4:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise PromptError(
+            f"Boxes must be an N x 4 array of (x0, y0, x1, y1) pixel coordinates; got shape {np.shape(boxes)}."
+        )
+    if array.shape[0] == 0:
+        raise PromptError("No boxes were given; give at least one (x0, y0, x1, y1) box.")
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).all(1))[0])
+        raise PromptError(f"Box {bad} has a NaN or infinite coordinate ({array[bad].tolist()}).")
+    lo = np.minimum(array[:, :2], array[:, 2:])
+    hi = np.maximum(array[:, :2], array[:, 2:])
+    h, w = shape
+    outside = (hi[:, 0] <= 0) | (hi[:, 1] <= 0) | (lo[:, 0] >= w) | (lo[:, 1] >= h)
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise PromptError(
+            f"{int(outside.sum())} box(es) lie entirely outside the {w} x {h} (width x height) image, "
+            f"e.g. box {bad} = {array[bad].tolist()}. Boxes are (x0, y0, x1, y1) in pixels."
+        )
+    lo = np.maximum(lo, 0.0)
+    hi = np.minimum(hi, [w, h])
+    flat = (hi - lo < 1.0).any(1)
+    if flat.any():
+        bad = int(np.flatnonzero(flat)[0])
+        raise PromptError(
+            f"{int(flat.sum())} box(es) have zero width or height inside the image, e.g. box {bad} = "
+            f"{array[bad].tolist()}; a box needs at least one pixel along x and y."
+        )
+    return np.concatenate([lo, hi], axis=1)
+
+
+# --------------------------------------------------------------------- decoding
+
+
+def _regions(boxes: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Integer regions of interest: boxes grown by half their side (>= 4 px), inside the window."""
+    grow = np.maximum(0.5 * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 4.0)
+    lo = np.floor(boxes[:, :2] - grow[:, None])
+    hi = np.ceil(boxes[:, 2:] + grow[:, None])
+    x0, y0, x1, y1 = window
+    lo = np.maximum(lo, [x0, y0])
+    hi = np.minimum(hi, [x1, y1])
+    return np.concatenate([lo, hi], axis=1).astype(np.int64)
+
+
+def _sample_logits(
+    low_res: torch.Tensor, regions: np.ndarray, window, input_size: tuple[int, int], image_size: int
+) -> list[torch.Tensor]:
+    """Bilinear samples of ``B x 1 x 256 x 256`` logits at the pixels of each region.
+
+    A window pixel ``(u, v)`` has its centre at input-frame coordinate
+    ``(u + 0.5) * input / window`` (per axis); the low-resolution logits cover the
+    padded ``S x S`` input, so its normalised coordinate is ``2 * that / S - 1``.
+    """
+    wx0, wy0, wx1, wy1 = window
+    sx = input_size[1] / (wx1 - wx0)
+    sy = input_size[0] / (wy1 - wy0)
+    sizes = regions[:, 2:] - regions[:, :2]  # (w, h)
+    rw, rh = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    u = torch.arange(rw, dtype=torch.float32)
+    v = torch.arange(rh, dtype=torch.float32)
+    ox = torch.from_numpy((regions[:, 0] - wx0).astype(np.float32))
+    oy = torch.from_numpy((regions[:, 1] - wy0).astype(np.float32))
+    gx = ((ox[:, None] + u[None] + 0.5) * sx) * (2.0 / image_size) - 1.0  # B x rw
+    gy = ((oy[:, None] + v[None] + 0.5) * sy) * (2.0 / image_size) - 1.0  # B x rh
+    out = []
+    per_chunk = max(1, _SAMPLE_PIXELS // max(1, rw * rh))
+    for start in range(0, regions.shape[0], per_chunk):
+        part = slice(start, start + per_chunk)
+        b = gx[part].shape[0]
+        grid = torch.stack(
+            [gx[part][:, None, :].expand(b, rh, rw), gy[part][:, :, None].expand(b, rh, rw)], dim=-1
+        )
+        sampled = F.grid_sample(low_res[part].float(), grid, mode="bilinear", align_corners=False)
+        for k in range(b):
+            w_k, h_k = sizes[start + k]
+            out.append(sampled[k, 0, :h_k, :w_k])
+    return out
+
+
+def _decode_window(
+    model: SamModel,
+    embedding,
+    boxes: np.ndarray,
+    window: tuple[int, int, int, int],
+    mask_inputs: np.ndarray | None,
+    stability_offset: float,
+) -> list[RefinedObject]:
+    """Decode a batch of boxes (image coordinates) on one window's embedding."""
+    wx0, wy0, wx1, wy1 = window
+    sx = embedding.input_size[1] / (wx1 - wx0)
+    sy = embedding.input_size[0] / (wy1 - wy0)
+    local = boxes - np.array([wx0, wy0, wx0, wy0], dtype=np.float64)
+    local *= np.array([sx, sy, sx, sy])
+    mask_t = None if mask_inputs is None else torch.from_numpy(mask_inputs).float()
+    low_res, iou = decode_prompts(
+        model, embedding, boxes=torch.from_numpy(local).float(), mask_input=mask_t, multimask=False
+    )
+    regions = _regions(boxes, window)
+    patches = _sample_logits(low_res, regions, window, embedding.input_size, embedding.image_size)
+    result = []
+    for k, patch in enumerate(patches):
+        stability = amg.calculate_stability_score(patch, 0.0, stability_offset)
+        result.append(
+            RefinedObject(
+                logits=np.array(patch.numpy(), dtype=np.float32),  # a copy: frees the batch
+                region=tuple(int(v) for v in regions[k]),
+                predicted_iou=float(iou[k, 0]),
+                stability_score=float(torch.nan_to_num(stability, nan=0.0)),
+                window=window,
+            )
+        )
+    return result
+
+
+def _window_mask_inputs(masks: Sequence[np.ndarray], regions: np.ndarray, window, input_size, image_size) -> np.ndarray:
+    """Rough masks (bool, over ``regions``) -> ``B x 1 x 256 x 256`` mask prompts of the window."""
+    wx0, wy0, wx1, wy1 = window
+    canvas = torch.zeros(len(masks), 1, wy1 - wy0, wx1 - wx0)
+    for k, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, regions)):
+        cx0, cy0, cx1, cy1 = max(x0, wx0), max(y0, wy0), min(x1, wx1), min(y1, wy1)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        part = mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        canvas[k, 0, cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0] = torch.from_numpy(part.astype(np.float32))
+    resized = F.interpolate(canvas, input_size, mode="bilinear", align_corners=False)
+    padded = F.pad(resized, (0, image_size - input_size[1], 0, image_size - input_size[0]))
+    low = F.interpolate(padded, (256, 256), mode="bilinear", align_corners=False)
+    # Logits of the scale the decoder returns: +-10 inside/outside, 0 on the edge.
+    return ((low - 0.5) * 20.0).numpy()
+
+
+def refine_boxes(
+    image: np.ndarray,
+    boxes,
+    model: SamModel,
+    *,
+    batch_size: int = 32,
+    zoom: bool = True,
+    object_size: float | None = None,
+    max_upscale: float = 8.0,
+    mask_prompts: Sequence[tuple[np.ndarray, tuple[int, int, int, int]]] | None = None,
+    box_iterations: int = 1,
+    stability_score_offset: float = 1.0,
+    precision: str | None = None,
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    channel_axis: int | None = None,
+    rgb_ready: bool = False,
+) -> list[RefinedObject]:
+    """Segment one object per box, zoomed as the module docstring describes.
+
+    Args:
+        image: a 2D image (any input of :func:`napari_sam.preprocess.as_rgb`), or
+            its ``H x W x 3`` RGB with ``rgb_ready=True``.
+        boxes: ``N x 4`` (x0, y0, x1, y1) pixel boxes.
+        model: a loaded :class:`SamModel`.
+        batch_size: boxes decoded together.
+        zoom: embed zoomed windows for small objects (False: the whole image once).
+        object_size: target box side at the encoder input, pixels (default ``S / 4``).
+        max_upscale: largest magnification of a window.
+        mask_prompts: optional ``N`` pairs ``(mask, region)``: a rough bool mask over
+            the ``(x0, y0, x1, y1)`` region of the image, given as mask prompt.
+        box_iterations: with 2 or more, each object is prompted again with the box
+            around its mask (same window; the mask prompt only in the first
+            round): loose boxes, as from proposals or rough labels, get tight.
+        stability_score_offset: logit offset of the stability score.
+        precision: encoder precision (None: the configured default).
+        cache: reuse window embeddings across calls.
+        progress: ``progress(done, total)`` in objects, after each window.
+        cancel: polled before each window; True raises :class:`amg.Cancelled`.
+
+    Returns:
+        ``N`` :class:`RefinedObject`, in the order of ``boxes``.
+    """
+    rgb = image if rgb_ready else as_rgb(image, channel_axis=channel_axis)
+    shape = rgb.shape[:2]
+    boxes = check_boxes(boxes, shape)
+    if mask_prompts is not None and len(mask_prompts) != boxes.shape[0]:
+        raise PromptError(f"Got {len(mask_prompts)} mask prompts for {boxes.shape[0]} boxes; give one per box.")
+    spec = model.spec
+    windows, owner = plan_windows(boxes, shape, spec.image_size, zoom=zoom, object_size=object_size,
+                                  max_upscale=max_upscale)
+    key = image_key(rgb) if cache is not None else None
+    precision = resolve_precision(precision)
+    results: list[RefinedObject | None] = [None] * boxes.shape[0]
+    done = 0
+    for index, window in enumerate(windows):
+        if cancel is not None and cancel():
+            raise amg.Cancelled()
+        x0, y0, x1, y1 = window
+        cache_key = (key, "window", window, spec.name, precision)
+        embedding = cache.get(cache_key) if cache is not None else None
+        if embedding is None:
+            embedding = embed_image(model, np.ascontiguousarray(rgb[y0:y1, x0:x1]), precision=precision)
+            if cache is not None:
+                cache.put(cache_key, embedding)
+        members = np.flatnonzero(owner == index)
+        for part in amg.batch_slices(members.size, batch_size):
+            ids = members[part]
+            masks = None
+            if mask_prompts is not None:
+                masks = _window_mask_inputs(
+                    [mask_prompts[i][0] for i in ids], np.array([mask_prompts[i][1] for i in ids]),
+                    window, embedding.input_size, spec.image_size,
+                )
+            objects = _decode_window(model, embedding, boxes[ids], window, masks, stability_score_offset)
+            for _ in range(box_iterations - 1):
+                # Prompt again with the box around each mask (tightens loose boxes).
+                tight = np.array([mask_box(obj) if obj.mask.any() else boxes[i] for i, obj in zip(ids, objects)])
+                objects = _decode_window(model, embedding, tight, window, None, stability_score_offset)
+            for i, obj in zip(ids, objects):
+                results[i] = obj
+        done += members.size
+        if progress is not None:
+            progress(done, boxes.shape[0])
+    return results  # type: ignore[return-value]
+
+
+def paint_objects(
+    objects: Sequence[RefinedObject], shape: tuple[int, int], ids: Sequence[int] | None = None
+) -> np.ndarray:
+    """Paint refined objects into ``H x W`` uint32 labels; the highest logit wins a pixel.
+
+    Args:
+        objects: from :func:`refine_boxes`.
+        ids: label of each object (default ``1 .. N``).
+    """
+    labels = np.zeros(shape, dtype=np.uint32)
+    best = np.zeros(shape, dtype=np.float32)  # a pixel needs logit > 0
+    ids = range(1, len(objects) + 1) if ids is None else ids
+    for label, obj in zip(ids, objects):
+        x0, y0, x1, y1 = obj.region
+        view_best = best[y0:y1, x0:x1]
+        wins = obj.logits > view_best
+        view_best[wins] = obj.logits[wins]
+        labels[y0:y1, x0:x1][wins] = label
+    return labels
+
+
+def segment_boxes(
+    image: np.ndarray,
+    boxes,
+    model: SamModel,
+    *,
+    batch_size: int = 32,
+    zoom: bool = True,
+    precision: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    channel_axis: int | None = None,
+    cache: EmbeddingCache | None = None,
+) -> np.ndarray:
+    """Box prompts -> instance labels: box ``i`` becomes label ``i + 1``.
+
+    Args:
+        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
+        boxes: ``N x 4`` (x0, y0, x1, y1) in pixels of the image.
+        model: a loaded :class:`SamModel`.
+        batch_size, zoom, precision, progress, cancel, cache: see :func:`refine_boxes`.
+        channel_axis: axis of ``image`` that holds channels.
+
+    Returns:
+        ``H x W`` uint32 labels; overlaps go to the highest logit (module docstring).
+
+    Raises:
+        PromptError: boxes that are not ``N x 4``, not finite, empty or outside the image.
+    """
+    rgb = as_rgb(image, channel_axis=channel_axis)
+    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, precision=precision,
+                           progress=progress, cancel=cancel, cache=cache, rgb_ready=True)
+    return paint_objects(objects, rgb.shape[:2])
+
+
+def segment_from_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    model: SamModel,
+    *,
+    use_mask_prompt: bool = False,
+    box_margin: float = 0.1,
+    box_iterations: int = 1,
+    batch_size: int = 32,
+    zoom: bool = True,
+    precision: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    channel_axis: int | None = None,
+    cache: EmbeddingCache | None = None,
+) -> np.ndarray:
+    """Refine the objects of a rough label image; the output keeps their ids.
+
+    Each object (all pixels of one non-zero id) gives its bounding box, grown by
+    ``box_margin`` times its side plus one pixel on every side (rough labels are
+    often a little too small, and a box that cuts the object gives a cut mask),
+    as a box prompt and, with ``use_mask_prompt``, its pixels as a mask prompt
+    (useful for SAM models; LiteMedSAM was trained without mask prompts).
+
+    Args:
+        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
+        labels: ``H x W`` integer labels of the same height and width, 0 background.
+        use_mask_prompt: give each object's pixels as a mask prompt too.
+        box_margin: growth of each bounding box per side, in box sides.
+        box_iterations: rounds of prompting (the second with the box around the
+            first mask; see :func:`refine_boxes`).
+        model, batch_size, zoom, precision, progress, cancel, cache: see :func:`refine_boxes`.
+
+    Returns:
+        ``H x W`` labels of the dtype of ``labels`` (uint32 for bool or signed
+        input) with the same ids; overlaps go to the highest logit.
+
+    Raises:
+        PromptError: labels of another shape than the image, not integer, or empty.
+    """
+    from scipy import ndimage
+
+    rgb = as_rgb(image, channel_axis=channel_axis)
+    labels = np.asarray(labels)
+    if labels.shape != rgb.shape[:2]:
+        raise PromptError(
+            f"The labels are {labels.shape} but the image is {rgb.shape[:2]} (height x width); "
+            "they must cover the same pixels."
+        )
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise PromptError(f"Labels must be integers (0 = background); got dtype {labels.dtype}.")
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.signedinteger):
+        if (labels < 0).any():
+            raise PromptError("Labels must not be negative (0 = background, 1, 2, ... objects).")
+        out_dtype = np.uint32
+    else:
+        out_dtype = labels.dtype
+    work = labels.astype(np.int64, copy=False)
+    ids = np.unique(work)
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        raise PromptError("The labels have no object (all pixels are 0); paint or detect objects first.")
+    # Bounding slices of every id (find_objects indexes by id - 1; compress ids first).
+    dense = np.searchsorted(ids, work) + 1
+    dense[work == 0] = 0
+    slices = ndimage.find_objects(dense)
+    boxes = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], dtype=np.float64)
+    grow = box_margin * (boxes[:, 2:] - boxes[:, :2]) + 1.0
+    boxes = np.concatenate([boxes[:, :2] - grow, boxes[:, 2:] + grow], axis=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, labels.shape[1])
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, labels.shape[0])
+    prompts = None
+    if use_mask_prompt:
+        prompts = [(dense[s] == k + 1, (s[1].start, s[0].start, s[1].stop, s[0].stop)) for k, s in enumerate(slices)]
+    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, precision=precision,
+                           mask_prompts=prompts, box_iterations=box_iterations, progress=progress,
+                           cancel=cancel, cache=cache, rgb_ready=True)
+    painted = paint_objects(objects, rgb.shape[:2], ids=np.arange(1, ids.size + 1))
+    out = np.zeros(labels.shape, dtype=out_dtype)
+    nz = painted > 0
+    out[nz] = ids[painted[nz] - 1].astype(out_dtype)
+    return out
