@@ -1,0 +1,376 @@
+"""Automatic segmentation of images and stacks, plane by plane, without a GUI.
+
+The napari widget (:mod:`napari_sam._widgets.automatic`) reads its layers into the
+plain values this module takes and runs :func:`segment_stack` in a worker; all the
+logic that does not need napari lives here so it can be tested (and scripted):
+
+* :data:`AMG_PARAMETERS`: the generator's parameters with Meta's defaults, ranges
+  and a sentence each on what they do; :func:`amg_kwargs` checks a set of values.
+* :func:`boxes_from_shapes`: rectangles of a napari Shapes layer (``V x D`` vertex
+  arrays in ``(..., row, col)``) -> ``(x0, y0, x1, y1)`` boxes per plane.
+* :func:`plane_indices`, :func:`segment_stack`: run one mode on every plane (or the
+  current plane) of a ``(..., Y, X)`` or ``(..., Y, X, 3)`` stack; the result has
+  the full spatial shape.
+
+Planes are always the last two spatial axes (rows, columns); the leading axes
+(Z, T, ...) are iterated.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ImageError, PromptError, SamkitError
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of :func:`~napari_sam.automatic.generate_masks`.
+
+    Attributes:
+        kind: ``int`` or ``float``. minimum, maximum, step: the widget's range.
+        tooltip: what the parameter does, for people.
+        grid_only: used by the point-grid strategy only (box proposals ignore it).
+    """
+
+    name: str
+    kind: type
+    default: float
+    minimum: float
+    maximum: float
+    step: float
+    tooltip: str
+    grid_only: bool = True
+
+
+AMG_PARAMETERS: dict[str, Parameter] = {
+    p.name: p
+    for p in (
+        Parameter("points_per_side", int, 32, 1, 256, 1,
+                  "Points along each side of the image: the grid has points_per_side² prompts. More finds "
+                  "smaller objects but takes longer (time grows with the square)."),
+        Parameter("points_per_batch", int, 64, 1, 1024, 1,
+                  "Prompts decoded together. Larger is a little faster and uses more memory; results do not change."),
+        Parameter("pred_iou_thresh", float, 0.88, 0.0, 1.0, 0.01,
+                  "Keep a mask only if the model's own estimate of its quality (predicted IoU) is above this. "
+                  "Lower it to keep more, less certain masks; 0 turns the filter off.", grid_only=False),
+        Parameter("stability_score_thresh", float, 0.95, 0.0, 1.0, 0.01,
+                  "Keep a mask only if it barely changes when the logit cut-off moves by ± the offset below "
+                  "(its stability score is at least this). Lower it to keep fuzzier objects.", grid_only=False),
+        Parameter("stability_score_offset", float, 1.0, 0.0, 10.0, 0.1,
+                  "How far the logit cut-off is moved to measure stability. Larger is stricter.", grid_only=False),
+        Parameter("box_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
+                  "Two masks whose boxes overlap more than this (IoU) are duplicates: the better one is kept. "
+                  "Lower it to remove more overlapping masks.", grid_only=False),
+        Parameter("crop_n_layers", int, 0, 0, 4, 1,
+                  "Also run on zoomed-in crops: layer i cuts the image into (2^i)² tiles. Finds small objects "
+                  "in large images; each layer costs an encoder run per tile. 0: whole image only."),
+        Parameter("crop_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
+                  "Box IoU above which masks from different crops are duplicates (the one from the smaller "
+                  "crop is kept). Used when crop_n_layers > 0."),
+        Parameter("crop_overlap_ratio", float, 512 / 1500, 0.0, 0.99, 0.01,
+                  "How much neighbouring crops overlap, as a fraction of the image's short side (first crop "
+                  "layer; it shrinks in deeper layers). Used when crop_n_layers > 0."),
+        Parameter("crop_n_points_downscale_factor", int, 1, 1, 16, 1,
+                  "Points per side in crop layer i are points_per_side divided by this to the power i "
+                  "(fewer prompts in the small crops). Used when crop_n_layers > 0."),
+        Parameter("min_mask_region_area", int, 0, 0, 100_000, 10,
+                  "Fill holes and remove islands smaller than this many pixels in every mask, then drop new "
+                  "duplicates. 0 turns it off.", grid_only=False),
+    )
+}
+
+#: Modes of the widget: key -> what people read.
+MODES: dict[str, str] = {
+    "everything": "segment everything",
+    "boxes": "refine boxes from a Shapes layer",
+    "labels": "refine a rough Labels layer",
+    "edges": "edge map",
+}
+#: Word in the name of each mode's result layer.
+_RESULT_WORDS = {"everything": "auto", "boxes": "boxes", "labels": "refined", "edges": "edges"}
+
+STRATEGY_HELP = (
+    "How 'segment everything' prompts the model. points: Meta's grid of point prompts (SAM, MobileSAM). "
+    "boxes: box proposals from the image, refined by the model (for box-only models such as LiteMedSAM). "
+    "auto: points if the model was trained on points, else boxes. With boxes, the grid and crop parameters "
+    "do not apply, and Meta's default IoU / stability thresholds (0.88 / 0.95) are replaced by the box "
+    "strategy's own (see napari_sam.automatic.box_strategy)."
+)
+
+
+def amg_defaults() -> dict[str, float]:
+    """Meta's default value of every parameter."""
+    return {name: p.default for name, p in AMG_PARAMETERS.items()}
+
+
+def amg_kwargs(values: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Checked keyword arguments for ``generate_masks``: ``values`` over the defaults.
+
+    Raises:
+        SamkitError: an unknown name, or a value outside the parameter's range.
+    """
+    out = amg_defaults()
+    for name, value in (values or {}).items():
+        if name not in AMG_PARAMETERS:
+            raise SamkitError(f"Unknown parameter {name!r}; the parameters are {', '.join(AMG_PARAMETERS)}.")
+        p = AMG_PARAMETERS[name]
+        if p.kind is int and float(value) != int(value):
+            raise SamkitError(f"{name} must be a whole number, got {value!r}.")
+        value = p.kind(value)
+        if not p.minimum <= value <= p.maximum:
+            raise SamkitError(f"{name} must lie between {p.minimum:g} and {p.maximum:g}, got {value:g}.")
+        out[name] = value
+    return out
+
+
+def effective_strategy(strategy: str, supports_points: bool) -> str:
+    """``"points"`` or ``"boxes"``: what ``strategy="auto"`` means for a model."""
+    if strategy == "auto":
+        return "points" if supports_points else "boxes"
+    return strategy
+
+
+def result_name(image_name: str, mode: str, model_name: str) -> str:
+    """Name of a result layer, e.g. ``"coins auto (lite_medsam)"``."""
+    return f"{image_name} {_RESULT_WORDS[mode]} ({model_name})"
+
+
+# --------------------------------------------------------------------------- planes
+
+
+def plane_indices(spatial_shape: Sequence[int], current: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+    """Indices along the leading axes of every plane, or of the current plane only.
+
+    Args:
+        spatial_shape: ``(..., H, W)``; a 2D image has the single plane ``()``.
+        current: position along all spatial axes (e.g. the viewer's, in data
+            coordinates); its leading entries are rounded and clipped into the stack.
+    """
+    leading = tuple(int(s) for s in spatial_shape[:-2])
+    if current is None:
+        return list(itertools.product(*(range(s) for s in leading)))
+    position = np.rint(np.asarray(current, dtype=np.float64)[: len(leading)]).astype(np.int64)
+    return [tuple(int(p) for p in np.clip(position, 0, np.asarray(leading, dtype=np.int64) - 1))]
+
+
+def to_data_frame(coords: np.ndarray, scale, translate, image_scale, image_translate) -> np.ndarray:
+    """Coordinates of one layer -> data coordinates of another (scale and translate only).
+
+    Trailing axes are aligned (a 2D layer over a 3D image), as napari does.
+    """
+    coords = np.array(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] == 0:
+        return coords
+    d = min(coords.shape[1], len(scale), len(image_scale))  # extra leading axes are left as they are
+    scale, translate = np.asarray(scale, float)[-d:], np.asarray(translate, float)[-d:]
+    image_scale, image_translate = np.asarray(image_scale, float)[-d:], np.asarray(image_translate, float)[-d:]
+    coords[:, -d:] = (coords[:, -d:] * scale + translate - image_translate) / image_scale
+    return coords
+
+
+def boxes_from_shapes(
+    shapes: Sequence[np.ndarray], shape_types: Sequence[str], spatial_shape: Sequence[int]
+) -> dict[tuple[int, ...] | None, tuple[np.ndarray, np.ndarray]]:
+    """Rectangles of a Shapes layer -> boxes per plane.
+
+    Args:
+        shapes: one ``V x D`` vertex array per shape, ``(..., row, col)`` in the
+            image's data coordinates; ``D`` is the image's number of spatial axes,
+            or 2 for boxes meant for every plane.
+        shape_types: napari's type of each shape; only ``"rectangle"`` is accepted.
+        spatial_shape: ``(..., H, W)`` of the image.
+
+    Returns:
+        ``{plane: (boxes N x 4 (x0, y0, x1, y1), ids N)}`` where ``plane`` is the
+        index along the leading axes (None: every plane) and ``ids`` are the shapes'
+        rows + 1 (the label each box becomes).
+
+    Raises:
+        PromptError: no shapes, shapes that are not rectangles, a rectangle that
+            spans several planes, or vertices of the wrong dimension.
+    """
+    ndim = len(spatial_shape)
+    if len(shapes) == 0:
+        raise PromptError("The Shapes layer is empty: draw a rectangle around each object first (R).")
+    wrong = [(i, t) for i, t in enumerate(shape_types) if t != "rectangle"]
+    if wrong:
+        kinds = sorted({t for _, t in wrong})
+        raise PromptError(
+            f"{len(wrong)} shape(s) are not rectangles ({', '.join(kinds)}, e.g. shape {wrong[0][0] + 1}); "
+            "each object needs a box: delete them or draw rectangles (R) instead."
+        )
+    per_plane: dict = {}
+    for row, vertices in enumerate(shapes):
+        vertices = np.asarray(vertices, dtype=np.float64)
+        if vertices.ndim != 2 or vertices.shape[1] not in (2, ndim):
+            raise PromptError(
+                f"Shape {row + 1} has {vertices.shape[-1]}-D vertices but the image has {ndim} spatial axes; "
+                f"draw the rectangles in a Shapes layer made for this image."
+            )
+        plane = None
+        if vertices.shape[1] == ndim and ndim > 2:
+            leading = np.rint(vertices[:, :-2]).astype(np.int64)
+            if (leading != leading[0]).any():
+                raise PromptError(f"Rectangle {row + 1} is not on one plane; draw each box on a single plane.")
+            plane = tuple(int(v) for v in leading[0])
+        yx = vertices[:, -2:]
+        box = np.concatenate([yx.min(0)[::-1], yx.max(0)[::-1]])  # (x0, y0, x1, y1)
+        per_plane.setdefault(plane, ([], []))
+        per_plane[plane][0].append(box)
+        per_plane[plane][1].append(row + 1)
+    return {k: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(i, np.int64)) for k, (b, i) in per_plane.items()}
+
+
+def check_rough_labels(labels_shape: Sequence[int], spatial_shape: Sequence[int], name: str = "The labels") -> None:
+    """Raise :class:`PromptError` unless rough labels cover exactly the image's pixels."""
+    if tuple(labels_shape) != tuple(spatial_shape):
+        raise PromptError(
+            f"{name} have shape {tuple(labels_shape)} but the image is {tuple(spatial_shape)}; rough labels must "
+            "cover the same pixels (paint them in a Labels layer made from this image)."
+        )
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class StackRequest:
+    """Everything one run needs, read from the viewer (plain values only).
+
+    Attributes:
+        image: the image data, ``(..., H, W)`` or ``(..., H, W, C)`` with ``rgb``.
+        mode: a key of :data:`MODES`.
+        planes: leading-axis indices of the planes to segment.
+        params: ``generate_masks`` parameters (see :func:`amg_kwargs`).
+        strategy: ``"auto"``, ``"points"`` or ``"boxes"``.
+        boxes: for mode ``"boxes"``, the output of :func:`boxes_from_shapes`.
+        rough_labels: for mode ``"labels"``, the label volume of the spatial shape.
+        use_mask_prompt: give rough labels as mask prompts too (SAM models).
+        precision: encoder precision or None.
+    """
+
+    image: np.ndarray
+    mode: str
+    planes: list[tuple[int, ...]]
+    rgb: bool = False
+    params: dict | None = None
+    strategy: str = "auto"
+    boxes: dict | None = None
+    rough_labels: np.ndarray | None = None
+    use_mask_prompt: bool = False
+    precision: str | None = None
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.image.shape)
+        return shape[:-1] if self.rgb else shape
+
+
+def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray, progress, cancel) -> np.ndarray:
+    """One plane of ``request`` -> ``H x W`` labels (float32 edges in mode ``"edges"``)."""
+    from . import edge_map, generate_masks, masks_to_labels, segment_boxes, segment_from_labels
+
+    shape = image.shape[:2]
+    common = dict(precision=request.precision, progress=progress, cancel=cancel)
+    if request.mode in ("everything", "edges"):
+        edges = request.mode == "edges"
+        records = generate_masks(image, model, strategy=request.strategy, return_logits=edges,
+                                 **common, **amg_kwargs(request.params))
+        if not edges:
+            return masks_to_labels(records, shape=shape)
+        if records and "logits" not in records[0]:  # box proposals keep no logits: edges of the masks
+            return edge_map([r["segmentation"].astype(np.float32) for r in records], shape=shape)
+        return edge_map(records, shape=shape)
+    if request.mode == "boxes":
+        boxes, ids = request.boxes.get(plane) or request.boxes.get(None) or (np.zeros((0, 4)), np.zeros(0, int))
+        if len(boxes) == 0:
+            return np.zeros(shape, np.uint32)
+        painted = segment_boxes(image, boxes, model, **common)
+        return np.where(painted > 0, np.concatenate([[0], ids])[painted], 0).astype(np.uint32)
+    if request.mode == "labels":
+        rough = np.asarray(request.rough_labels[plane])
+        if not rough.any():
+            return np.zeros(shape, rough.dtype)
+        return segment_from_labels(image, rough, model, use_mask_prompt=request.use_mask_prompt, **common)
+    raise SamkitError(f"Unknown mode {request.mode!r}; choose one of {', '.join(MODES)}.")
+
+
+def _planes_text(planes: list[tuple[int, ...]]) -> str:
+    shown = ", ".join(str(p) for p in planes[:5]) + (", ..." if len(planes) > 5 else "")
+    return f"({shown})"
+
+
+def segment_stack(
+    request: StackRequest,
+    model,
+    progress: Callable[[float, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Run ``request.mode`` on each of ``request.planes``; the other planes stay 0.
+
+    Label ids: in mode ``"everything"`` objects are numbered 1, 2, ... across the
+    planes (no id on two planes); in mode ``"boxes"`` box row ``i`` is label
+    ``i + 1``; in mode ``"labels"`` the rough ids are kept.
+
+    Args:
+        request: see :class:`StackRequest`.
+        model: a loaded :class:`~napari_sam.models.sam.SamModel`.
+        progress: ``progress(planes_done, n_planes)`` with a fractional
+            ``planes_done`` while a plane is running.
+        cancel: polled between planes and by the core; True raises :class:`Cancelled`.
+
+    Returns:
+        Labels of the spatial shape (uint32, or the rough labels' dtype), or
+        float32 edge strength in mode ``"edges"``.
+
+    Raises:
+        Cancelled: when ``cancel()`` returned True; nothing is returned then.
+        SamkitError: bad inputs, with the core's message (prefixed by the plane in stacks).
+    """
+    from .amg import Cancelled
+
+    shape = request.spatial_shape
+    if len(shape) < 2:
+        raise ImageError(f"An image of shape {request.image.shape} has no 2D plane to segment.")
+    if request.mode == "labels":
+        check_rough_labels(np.shape(request.rough_labels), shape)
+    if request.mode == "boxes" and not request.boxes:
+        raise PromptError("No boxes: draw a rectangle around each object in a Shapes layer first.")
+    if request.mode == "labels" and not any(np.asarray(request.rough_labels[p]).any() for p in request.planes):
+        raise PromptError("The rough labels have no object on the plane(s) to segment; paint objects first.")
+    if request.mode == "boxes" and None not in request.boxes and not any(p in request.boxes for p in request.planes):
+        raise PromptError(f"No rectangle on the plane(s) to segment {_planes_text(request.planes)}; draw boxes "
+                          "on them, or untick 'current plane only'.")
+    dtype = np.float32 if request.mode == "edges" else np.uint32
+    if request.mode == "labels" and np.issubdtype(request.rough_labels.dtype, np.unsignedinteger):
+        dtype = request.rough_labels.dtype
+    out = np.zeros(shape, dtype=dtype)
+    n = len(request.planes)
+    next_id = 1
+    for k, plane in enumerate(request.planes):
+        if cancel is not None and cancel():
+            raise Cancelled(f"Cancelled before plane {k + 1} of {n}.")
+        image = np.asarray(request.image[plane])
+
+        def plane_progress(done: int, total: int | None, k=k) -> None:
+            if progress is not None and total:
+                progress(k + min(done / total, 1.0), n)
+
+        try:
+            result = _segment_plane(request, model, plane, image, plane_progress, cancel)
+        except SamkitError as error:
+            raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
+        if request.mode == "everything":
+            from skimage.segmentation import relabel_sequential
+
+            result, _, _ = relabel_sequential(result.astype(np.uint32), offset=next_id)
+            next_id = int(result.max()) + 1 if result.any() else next_id
+        out[plane] = result
+        if progress is not None:
+            progress(k + 1, n)
+    return out
