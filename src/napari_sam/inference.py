@@ -7,12 +7,15 @@ are already in the encoder's input frame (see :func:`to_input_coords`).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .embedding import ImageEmbedding
 from .models.sam import SamModel
+from .models.transformer import ImageContext
 from .precision import encoder_autocast
 from .preprocess import model_input
 
@@ -87,13 +90,42 @@ def decode_prompts(
     if mask_input is not None:
         mask_input = mask_input.to(device, torch.float32)
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    features = embedding.features.to(device)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    context = _image_context(model, embedding.features, features, image_pe, dense) if mask_input is None else None
     return model.mask_decoder(
-        image_embeddings=embedding.features.to(device),
-        image_pe=model.prompt_encoder.get_dense_pe(),
+        image_embeddings=features,
+        image_pe=image_pe,
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
+        context=context,
     )
+
+
+def _image_context(
+    model: SamModel, source: torch.Tensor, features: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+) -> ImageContext | None:
+    """The decoder's prompt-independent work for ``features``, cached for the last image.
+
+    One slot per model: the image tokens and the first block's image projections
+    (about 15 MB) of the embedding decoded last, reused while the same embedding
+    tensor (``source``, held weakly), the same positional encoding and unchanged
+    first-block and no-mask weights are in use. A miss costs what one call without
+    the cache costs. Returns None (no caching) for inference-mode weights, which
+    have no version counter.
+    """
+    params = [model.prompt_encoder.no_mask_embed.weight, *model.mask_decoder.transformer.layers[0].parameters()]
+    try:
+        weights = tuple((p.data_ptr(), p._version) for p in params)
+    except RuntimeError:
+        return None
+    slot = model.__dict__.get("_decoder_image_context")
+    if slot is not None and slot[0]() is source and slot[1] is image_pe and slot[2] == weights:
+        return slot[3]
+    context = model.mask_decoder.prepare_image(features, image_pe, dense)
+    model._decoder_image_context = (weakref.ref(source), image_pe, weights, context)
+    return context
 
 
 @torch.inference_mode()

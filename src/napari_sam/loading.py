@@ -95,10 +95,22 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def model_from_state_dict(
-    state_dict: dict[str, torch.Tensor], spec: ModelSpec, source: str
+    state_dict: dict[str, torch.Tensor], spec: ModelSpec, source: str, copy: bool = True
 ) -> SamModel:
-    """Build ``spec``'s architecture and load ``state_dict`` with a strict key check."""
-    model = build_model(spec)
+    """Build ``spec``'s architecture and load ``state_dict`` with a strict key check.
+
+    The module tree is built without random initialisation and the checkpoint's
+    tensors are assigned to it, converted to the parameters' dtypes.
+
+    Args:
+        state_dict: ``{name: tensor}`` with the official key layout.
+        spec: the registry entry whose architecture to build.
+        source: how to name the checkpoint in error messages.
+        copy: copy the tensors (the default), so the model shares no memory with
+            ``state_dict``; False hands them over (for a dict nobody else holds,
+            as :func:`load_model`'s freshly read one: no second copy in memory).
+    """
+    model = build_model(spec, initialise=False)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -121,7 +133,8 @@ def model_from_state_dict(
             lines.append(f"  {len(wrong_shape)} of another shape, e.g. {wrong_shape[0]}")
         lines.append("  Give the right model_type, or the checkpoint that belongs to it.")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    tensors = {k: v.detach().to(expected[k].dtype, copy=copy) for k, v in state_dict.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
 
 
@@ -178,5 +191,5 @@ def load_model(
                        size_bytes=None, sha256="", embedded_in=None, embedded_path=None,
                        description=f"{architecture} from {path}")
         source = f"Checkpoint {path}"
-    model = model_from_state_dict(state_dict, spec, source)
+    model = model_from_state_dict(state_dict, spec, source, copy=False)
     return model.to(resolved_device)

@@ -7,8 +7,42 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def fused_linear_available(x: torch.Tensor) -> bool:
+    """Whether ``x`` may go through oneDNN's fused linear + GELU / + residual kernels:
+    inference (no autograd) on a float32 or bfloat16 CPU tensor where they were
+    checked against the plain ops (see :func:`napari_sam.models.tiny_vit.fused_kernels_available`).
+    Not under autocast: these kernels would bypass it and run in the tensors' dtype."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or not x.is_contiguous():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    from .tiny_vit import _can_fuse  # imported here: tiny_vit imports this module
+
+    return _can_fuse(x)
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``; through oneDNN where possible (adds the bias in the kernel, not by a copy)."""
+    if fused_linear_available(x) and x.dtype == layer.weight.dtype and layer.bias is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [None], "none")
+    return layer(x)
+
+
+def linear_residual(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + layer(x)``, in one fused kernel where possible (same shapes but the last dim)."""
+    if (
+        fused_linear_available(x) and residual.is_contiguous() and residual.dtype == x.dtype == layer.weight.dtype
+        and layer.bias is not None and residual.shape[:-1] == x.shape[:-1]
+    ):  # fmt: skip
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+    return residual + layer(x)
+
+
 class MLPBlock(nn.Module):
     """Two linear layers with an activation between them: ``... x D -> ... x D``.
+
+    In inference on the CPU, linear + GELU and linear + residual run as fused
+    oneDNN kernels (one pass over the hidden activations instead of three).
 
     Args:
         embedding_dim: input and output width ``D``.
@@ -22,8 +56,16 @@ class MLPBlock(nn.Module):
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)
         self.act = act()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` through the MLP, plus ``residual`` (same shape as the output) if given."""
+        exact_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
+        if exact_gelu and x.dtype == self.lin1.weight.dtype and fused_linear_available(x):
+            hidden = torch.ops.mkldnn._linear_pointwise(x, self.lin1.weight, self.lin1.bias, "gelu", [None], "none")
+        else:
+            hidden = self.act(self.lin1(x))
+        if residual is None:
+            return self.lin2(hidden)
+        return linear_residual(hidden, self.lin2, residual)
 
 
 class LayerNorm2d(nn.Module):

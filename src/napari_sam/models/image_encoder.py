@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ImageError
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, linear, linear_residual
 
 #: Attention with relative positions materialises a ``heads x queries x keys`` bias;
 #: above this many bytes (ViT-B's global blocks need 805 MB per image) it is built
@@ -138,16 +138,18 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window_size: int = 0, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``B x H x W x C -> B x H x W x C``; ``window_size > 0`` attends within windows.
 
         Windows tile the grid after padding it at the bottom and right to a multiple
         of ``window_size``. Padded tokens are zero before the projection, so they
         enter as keys and values with the projection's bias (as in the reference
         implementation); their outputs are dropped before the output projection.
+        ``residual`` (``B x H x W x C``), if given, is added to the result (fused with
+        the output projection where possible).
         """
         b, h, w, c = x.shape
-        qkv = self.qkv(x)
+        qkv = linear(x, self.qkv)
         if window_size > 0:
             q, k, v, padded = self._window_qkv(qkv, window_size)
             out = self._attend(q, k, v, (window_size, window_size))
@@ -161,7 +163,9 @@ class Attention(nn.Module):
             q, k, v = qkv.contiguous().unbind(0)
             out = self._attend(q, k, v, (h, w))
             out = out.transpose(1, 2).reshape(b, h, w, c)
-        return self.proj(out)
+        if residual is None:
+            return self.proj(out)
+        return linear_residual(out.contiguous(), self.proj, residual)
 
     def _window_qkv(
         self, qkv: torch.Tensor, window_size: int
@@ -263,8 +267,8 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), self.window_size)
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), self.window_size, residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class ImageEncoderViT(nn.Module):
@@ -359,6 +363,7 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        x = x.contiguous()  # token-major rows: the fused residual kernels need them
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2)).contiguous()

@@ -56,7 +56,8 @@ def _probe_fused_kernels(dtype: torch.dtype, atol: float) -> bool:
         x = torch.randn(1, 4, 5, 5, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(4, 4, 1, 1, generator=gen).to(dtype)
         b = torch.randn(4, generator=gen).to(dtype)
-        with torch.no_grad():
+        # The first call may come from inside autocast: the float32 reference must stay float32.
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             conv_args = ([0, 0], [1, 1], [1, 1], 1)
             ref = F.conv2d(x.float(), w.float(), b.float())
             tokens, lin_w, x32 = x.permute(0, 2, 3, 1), w[:, :, 0, 0], x.float()
@@ -293,18 +294,24 @@ class Attention(_CachingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
+        qkv_layer, proj_layer = self.qkv, self.proj
+        params = (qkv_layer.weight, qkv_layer.bias, proj_layer.weight, proj_layer.bias)
         if _fast_path(self):
-            (bias,) = self._cached((self.attention_biases, self.attention_bias_idxs), self._gathered_bias)
+            sources = (self.attention_biases, self.attention_bias_idxs)
+            (bias,) = self._cached(sources, self._gathered_bias)
+            # Weights and bias in the dtype of the tokens (bfloat16 under autocast), cast once.
+            bias, qkv_w, qkv_b, proj_w, proj_b = self._cast((bias, *params), x.dtype, sources + params)
         else:
             (bias,) = self._gathered_bias()
+            qkv_w, qkv_b, proj_w, proj_b = params
         # Per head the official qkv output is laid out [q | k | v].
-        qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3, self.head_dim)
+        qkv = F.linear(self.norm(x), qkv_w, qkv_b).view(batch, tokens, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return F.linear(out.transpose(1, 2).reshape(batch, tokens, dim), proj_w, proj_b)
 
 
-class Mlp(nn.Module):
+class Mlp(_CachingModule):
     """LayerNorm, linear, GELU, linear: ``... x dim -> ... x dim``; plus ``residual`` if given."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
@@ -316,12 +323,17 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm(x)
-        if _fast_path(self) and _can_fuse(x):
-            linear = torch.ops.mkldnn._linear_pointwise
-            h = linear(x, self.fc1.weight, self.fc1.bias, "gelu", [None], "none")
-            if residual is None:
-                return F.linear(h, self.fc2.weight, self.fc2.bias)
-            return linear.binary(h, residual, self.fc2.weight, self.fc2.bias, "add")
+        if _fast_path(self):
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            w1, b1, w2, b2 = self._cast(params, x.dtype)
+            if _can_fuse(x):
+                linear = torch.ops.mkldnn._linear_pointwise
+                h = linear(x, w1, b1, "gelu", [None], "none")
+                if residual is None:
+                    return F.linear(h, w2, b2)
+                return linear.binary(h, residual, w2, b2, "add")
+            out = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+            return out if residual is None else residual + out
         out = self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
         return out if residual is None else residual + out
 
@@ -462,6 +474,10 @@ class TinyViT(nn.Module):
                 f"TinyViT expects an input of shape B x {expected[0]} x {expected[1]} x {expected[2]}, "
                 f"got {tuple(x.shape)}; resize and pad the image to {self.img_size} x {self.img_size} first."
             )
+        if _fast_path(self):
+            # Under autocast to bfloat16 every op of the fast path runs on bfloat16
+            # tensors with bfloat16 copies of the weights, fused kernels included.
+            x = x.to(_compute_dtype(x))
         x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
