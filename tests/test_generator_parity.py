@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from reference import official_segment_anything
+from reference import official_lite_prompt_modules, official_segment_anything
 from skimage import data, measure
 from skimage.color import gray2rgb
 from test_amg_functions import cv2_stand_in
@@ -66,23 +66,14 @@ def _parity_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def models():
     """``(ours, official)``: our SamModel and Meta's Sam with the same weights."""
     official_segment_anything()
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import Sam
 
     lite = napari_sam.load_model("lite_medsam")
     lite.load_state_dict(_parity_state_dict(lite.state_dict()))
     spec = dataclasses.replace(lite.spec, normalization="imagenet", prompt_types=("points", "boxes", "masks"))
     ours = SamModel(lite.image_encoder, lite.prompt_encoder, lite.mask_decoder, spec).eval()
 
-    prompt_encoder = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-    )
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
+    prompt_encoder, mask_decoder = official_lite_prompt_modules()
     prompt_encoder.load_state_dict(lite.prompt_encoder.state_dict())
     mask_decoder.load_state_dict(lite.mask_decoder.state_dict())
     official = Sam(
