@@ -1,9 +1,11 @@
 """Reduced precision and the fast paths give the exact path's results.
 
-* The precision switch: argument > ``NAPARI_SAMKIT_PRECISION`` > float32; float32
-  is bit-identical to running the encoder module directly (the parity path).
-* bfloat16 (opt-in) still gives the float32 masks on real images where they are
-  stable (coins), and its fused kernels agree with the plain bfloat16 ops.
+* The precision switch: argument > ``NAPARI_SAMKIT_PRECISION`` > float32; ``auto``
+  picks bfloat16 only for models checked in bfloat16, on CPUs with native bfloat16;
+  float32 is bit-identical to running the encoder module directly (the parity path).
+* bfloat16 keeps TinyViT's patch embedding and stage 0 in float32, still gives the
+  float32 masks on real images (coins; nuclei of immunohistochemistry), and its
+  fused kernels agree with the plain bfloat16 ops.
 * The decoder's per-image cache and folded attention: the same logits as the
   module without them, recomputed when the embedding or the weights change.
 * Fast model construction (no random initialisation, tensors assigned): exact
@@ -41,8 +43,15 @@ def coins():
 # ----------------------------------------------------------------------------- the switch
 
 def test_resolution_order(monkeypatch):
+    from napari_sam.registry import get_spec
+
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert resolve_precision() == "float32"  # the default on every CPU
+    native = "bfloat16" if native_bfloat16() else "float32"
+    assert resolve_precision("auto") == native
+    assert resolve_precision("auto", get_spec("lite_medsam")) == native  # checked in bfloat16
+    assert resolve_precision("auto", get_spec("vit_b")) == "float32"  # not checked: exact
+    assert resolve_precision("bfloat16", get_spec("vit_b")) == "bfloat16"  # asked for explicitly
     monkeypatch.setenv(ENV_VAR, "bfloat16")
     assert resolve_precision() == "bfloat16"
     assert resolve_precision("float32") == "float32"  # the argument wins
@@ -63,8 +72,9 @@ def test_float32_is_the_parity_path_and_the_switch_works(model, monkeypatch):
     with torch.inference_mode():
         direct = model.image_encoder(tensor)  # no autocast, as the parity tests run it
     monkeypatch.delenv(ENV_VAR, raising=False)
-    default = Predictor(model).set_image(rgb).features
-    assert torch.equal(default, direct)
+    assert torch.equal(Predictor(model).set_image(rgb).features, direct)
+    auto = embed_image(model, rgb, precision="auto").features
+    assert torch.equal(auto, direct) == (not native_bfloat16())
     monkeypatch.setenv(ENV_VAR, "bfloat16")
     from_env = Predictor(model).set_image(rgb).features
     explicit = embed_image(model, rgb, precision="bfloat16").features
@@ -85,6 +95,50 @@ def test_bfloat16_masks_agree_on_coins(model, coins):
     ious = [iou(a, b) for a, b in zip(masks["float32"], masks["bfloat16"])]
     assert len(ious) >= 20
     assert min(ious) >= 0.98 and np.mean(ious) >= 0.99
+
+
+def test_bfloat16_masks_agree_on_nuclei(model):
+    """Real microscopy: the larger nuclei (>= 16 pixels across) of skimage's
+    immunohistochemistry in its top-left quarter (19 objects), boxes from the
+    hematoxylin stain; per-object IoU of the bfloat16 masks against float32.
+
+    Measured: mean 0.969 (min 0.92) with stage 0 in float32; 0.950 (min 0.87) with
+    the whole encoder in bfloat16. Below the 0.98 bar: why bfloat16 is opt-in.
+    """
+    from skimage import color, filters, measure
+
+    from napari_sam.automatic import segment_boxes
+    from napari_sam.evaluation import same_id_iou
+
+    image = data.immunohistochemistry()[:256, :256]
+    stain = filters.gaussian(color.rgb2hed(image)[..., 0], 1)
+    regions = measure.regionprops(measure.label(stain > filters.threshold_otsu(stain)))
+    boxes = np.array([[c0, r0, c1, r1] for r0, c0, r1, c1 in (r.bbox for r in regions)
+                      if min(r1 - r0, c1 - c0) >= 16], dtype=float)  # fmt: skip
+    assert len(boxes) >= 10
+    exact = segment_boxes(image, boxes, model, precision="float32")
+    fast = segment_boxes(image, boxes, model, precision="bfloat16")
+    ious = np.array(list(same_id_iou(exact, fast).values()))
+    assert len(ious) == len(boxes)
+    assert ious.mean() >= 0.96 and ious.min() >= 0.9
+
+
+def test_bfloat16_keeps_stage_zero_in_float32(model):
+    """Under bfloat16 the patch embedding and stage 0 compute exactly the float32 values."""
+    rgb = as_rgb(data.astronaut())
+    tensor, _ = model_input(rgb, model.spec)
+    seen = {}
+    hook = model.image_encoder.layers[0].register_forward_hook(
+        lambda module, args, out: seen.setdefault(len(seen), out.detach().clone())
+    )
+    try:
+        embed_image(model, rgb, precision="float32")
+        embed_image(model, rgb, precision="bfloat16")
+    finally:
+        hook.remove()
+    assert seen[0].dtype == seen[1].dtype == torch.float32
+    assert torch.equal(seen[0], seen[1])
+    assert model.image_encoder.float32_stages == 1
 
 
 def test_bfloat16_fused_kernels_match_plain_bfloat16_ops(model, monkeypatch):

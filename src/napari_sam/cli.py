@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
     segment.add_argument("--strategy", choices=("auto", "points", "boxes"), default="auto",
                          help="automatic prompts: point grid (SAM) or box proposals (box-only models)")
-    segment.add_argument("--precision", choices=("float32", "bfloat16"), help="image encoder precision")
+    segment.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                         help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else float32; auto: "
+                              "bfloat16 for models checked in it, on CPUs with native bfloat16)")
     segment.add_argument("--device", help="torch device (default: cpu)")
     segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")

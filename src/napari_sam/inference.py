@@ -27,15 +27,15 @@ def embed_image(model: SamModel, rgb: np.ndarray, precision: str | None = None) 
     Args:
         model: a loaded :class:`SamModel`.
         rgb: ``H x W x 3`` from :func:`napari_sam.preprocess.as_rgb`.
-        precision: ``"float32"`` or ``"bfloat16"``; None for the configured default
-            (see :mod:`napari_sam.precision`).
+        precision: ``"float32"``, ``"bfloat16"`` or ``"auto"``; None for the
+            configured default (see :mod:`napari_sam.precision`).
 
     Returns:
         The :class:`ImageEmbedding` (features ``1 x 256 x 64 x 64`` float32).
     """
     tensor, input_size = model_input(rgb, model.spec)
     tensor = tensor.to(model.device)
-    with encoder_autocast(model.device, precision):
+    with encoder_autocast(model.device, precision, model.spec):
         features = model.image_encoder(tensor)
     return ImageEmbedding(
         features=features.float().contiguous(),

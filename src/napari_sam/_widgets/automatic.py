@@ -28,6 +28,8 @@ from ._controls import LOAD_FILE, device_choices, model_choices
 from ._jobs import start_worker
 
 _PRECISIONS = [("default", "default"), ("float32 (exact)", "float32"), ("bfloat16 (faster encoder)", "bfloat16")]
+_PRECISION_HELP = ("Image encoder precision. default: $NAPARI_SAMKIT_PRECISION, else float32 (exact). bfloat16: "
+                   "about 1.7x faster on CPUs with native bfloat16; masks differ slightly (mean IoU 0.98-0.99).")
 _STRATEGIES = ("auto", "points", "boxes")
 _SOURCE_KIND = {"boxes": Shapes, "labels": Labels}
 
@@ -109,7 +111,7 @@ class AutomaticSegmentationWidget(Container):
                               "proposals); vit_b / vit_t use Meta's point grid (downloaded on first use).")
         self.device = ComboBox(label="Device", choices=device_choices(), tooltip="Where the model runs.")
         self.precision = ComboBox(label="Precision", choices=_PRECISIONS,
-                                  tooltip="Image encoder precision: bfloat16 is faster on recent CPUs, float32 exact.")
+                                  tooltip=_PRECISION_HELP)
         self.strategy = ComboBox(label="Prompts", choices=_STRATEGIES, value="auto", tooltip=STRATEGY_HELP)
         self.params: dict[str, SpinBox | FloatSpinBox] = {}
         for name, p in AMG_PARAMETERS.items():

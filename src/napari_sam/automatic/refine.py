@@ -286,7 +286,7 @@ def refine_boxes(
     windows, owner = plan_windows(boxes, shape, spec.image_size, zoom=zoom, object_size=object_size,
                                   max_upscale=max_upscale)
     key = image_key(rgb) if cache is not None else None
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, model.spec)
     results: list[RefinedObject | None] = [None] * boxes.shape[0]
     done = 0
     for index, window in enumerate(windows):

@@ -440,6 +440,8 @@ class TinyViT(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.layer_lr_decay = layer_lr_decay
+        #: Leading stages kept in float32 when the encoder runs in bfloat16.
+        self.float32_stages = 1
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], pointwise_patch_embed)
 
         rates = iter(torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist())
@@ -474,12 +476,24 @@ class TinyViT(nn.Module):
                 f"TinyViT expects an input of shape B x {expected[0]} x {expected[1]} x {expected[2]}, "
                 f"got {tuple(x.shape)}; resize and pad the image to {self.img_size} x {self.img_size} first."
             )
-        if _fast_path(self):
-            # Under autocast to bfloat16 every op of the fast path runs on bfloat16
-            # tensors with bfloat16 copies of the weights, fused kernels included.
-            x = x.to(_compute_dtype(x))
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
-        for layer in self.layers:
+        x = x.contiguous(memory_format=torch.channels_last)
+        dtype = _compute_dtype(x) if _fast_path(self) else x.dtype
+        if dtype == torch.float32:
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            return self.neck(x).contiguous()
+        # Reduced precision (autocast to bfloat16): the patch embedding and the first
+        # ``float32_stages`` stages stay float32 (the image and the full-resolution
+        # stage are where bfloat16 rounding moves the masks; see napari_sam.precision);
+        # then every op runs on bfloat16 tensors with bfloat16 copies of the weights,
+        # fused kernels included.
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.patch_embed(x.float())
+            for layer in self.layers[: self.float32_stages]:
+                x = layer(x)
+        x = x.to(dtype)
+        for layer in self.layers[self.float32_stages :]:
             x = layer(x)
         return self.neck(x).contiguous()
 
