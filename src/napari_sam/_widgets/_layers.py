@@ -129,7 +129,11 @@ def make_preview_layer(viewer, frame: ImageFrame):
 
 
 def place_preview(layer, frame: ImageFrame, geometry: PlaneGeometry) -> None:
-    """Move the preview layer onto the plane of ``geometry`` (clear it first)."""
+    """Move the preview layer onto the plane of ``geometry`` and clear it.
+
+    Does not redraw: the caller writes the new preview, then calls ``layer.refresh()``
+    once (each refresh costs about 10 ms of the click-to-preview time).
+    """
     shape = tuple(1 if a in geometry.plane_axes else s for a, s in enumerate(geometry.spatial_shape))
     translate = frame.translate.copy()
     for axis in geometry.plane_axes:
@@ -140,7 +144,6 @@ def place_preview(layer, frame: ImageFrame, geometry: PlaneGeometry) -> None:
         layer.data[...] = 0
     if not np.allclose(layer.translate, translate):
         layer.translate = translate
-    layer.refresh()
 
 
 def make_labels_layer(viewer, frame: ImageFrame, name: str = LABELS_NAME):
