@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from coins_reference import coin_masks
+from coins_reference import box_xyxy, coin_masks
 from napari_sam import load_model
 from napari_sam.automatic.box_strategy import segment_everything_with_boxes
 from napari_sam.automatic.proposals import propose_boxes
@@ -122,6 +122,31 @@ def test_segment_boxes_on_coins_matches_the_reference(model):
     ious = same_id_iou(reference, labels)
     assert min(ious.values()) >= 0.9, ious
     assert set(np.unique(labels)) <= set(range(len(regions) + 1))
+
+
+def test_mask_threshold_grows_masks_and_defaults_to_the_calibrated_one(model):
+    """Lower thresholds give nested, larger masks; the default (-1, calibrated on nuclei) costs nothing on coins.
+
+    Measured on these coins: mean IoU 0.9534 at Meta's 0, 0.9533 at -1.
+    """
+    from napari_sam.automatic.refine import BOX_MASK_THRESHOLD
+
+    image, regions = coin_masks()
+    boxes = np.array([box_xyxy(r) for r in regions], float)
+    reference = np.zeros(image.shape, np.uint32)
+    for k, r in enumerate(regions):
+        reference[r.slice][r.image] = k + 1
+    meta = segment_boxes(image, boxes, model, mask_threshold=0.0)
+    default = segment_boxes(image, boxes, model)
+    loose = segment_boxes(image, boxes, model, mask_threshold=-4.0)
+    assert BOX_MASK_THRESHOLD == -1.0
+    for k in range(1, len(regions) + 1):
+        assert not ((meta == k) & (default != k)).any()  # nested (the coins do not touch)
+        assert not ((default == k) & (loose != k)).any()
+    assert (meta > 0).sum() < (default > 0).sum() < (loose > 0).sum()
+    mean_iou = {name: np.mean(list(same_id_iou(reference, labels).values()))
+                for name, labels in (("meta", meta), ("default", default))}  # fmt: skip
+    assert mean_iou["default"] >= mean_iou["meta"] - 0.005, mean_iou
 
 
 def test_segment_from_labels_improves_rough_labels_and_keeps_ids(model):

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
                          help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else float32; auto: "
                               "bfloat16 for models checked in it, on CPUs with native bfloat16)")
+    segment.add_argument("--mask-threshold", type=float,
+                         help="with --boxes or --labels: logit above which a pixel is in a mask "
+                              "(default -1: LiteMedSAM's zoomed masks run a little small; Meta's is 0)")
     segment.add_argument("--device", help="torch device (default: cpu)")
     segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
@@ -164,7 +167,8 @@ def _segment_prompts(args, rgb, model):
     if boxes is not None and points is None:
         from .automatic import segment_boxes
 
-        return segment_boxes(rgb, boxes, model, precision=args.precision, progress=_progress(args.quiet, "boxes"))
+        return segment_boxes(rgb, boxes, model, precision=args.precision, progress=_progress(args.quiet, "boxes"),
+                             **_threshold(args))
     predictor = Predictor(model, precision=args.precision)
     predictor.set_image(rgb)
     labels = np.zeros(rgb.shape[:2], np.uint32)
@@ -182,6 +186,11 @@ def _segment_prompts(args, rgb, model):
         mask = prediction.masks[best] & (labels == 0)
         labels[mask] = object_id
     return labels
+
+
+def _threshold(args) -> dict:
+    """``mask_threshold`` for box refinement, when given on the command line."""
+    return {} if args.mask_threshold is None else {"mask_threshold": args.mask_threshold}
 
 
 def _cmd_segment(args) -> int:
@@ -218,7 +227,7 @@ def _cmd_segment(args) -> int:
 
         rough = read_image(args.labels)
         labels = segment_from_labels(rgb, rough, model, precision=args.precision,
-                                     progress=_progress(args.quiet, "objects"))
+                                     progress=_progress(args.quiet, "objects"), **_threshold(args))
     elif mode == "prompts":
         labels = _segment_prompts(args, rgb, model)
     else:

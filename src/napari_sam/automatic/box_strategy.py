@@ -103,8 +103,12 @@ def segment_everything_with_boxes(
     proposals = propose_boxes(rgb, polarity=polarity)
     if proposals.boxes.shape[0] == 0:
         return []
+    # Meta's mask threshold (0) here: the filters below were tuned with it, and the
+    # calibrated -1 of explicit boxes changed the automatic F1 by +0.004 (DSB),
+    # -0.022 / +0.073 (nuclei planes) and -0.032 (coins): no gain overall.
     objects = refine_boxes(rgb, proposals.boxes, model, zoom=zoom, precision=precision, progress=progress,
-                           cancel=cancel, stability_score_offset=stability_score_offset, rgb_ready=True)
+                           cancel=cancel, stability_score_offset=stability_score_offset, mask_threshold=0.0,
+                           rgb_ready=True)
     ious = np.array([o.predicted_iou for o in objects], dtype=np.float32)
     stability = np.array([o.stability_score for o in objects], dtype=np.float32)
     areas = np.array([int(np.count_nonzero(o.mask)) for o in objects])

@@ -43,6 +43,12 @@ from .windows import plan_windows
 
 #: Pixels sampled at once when logits are put on the image (bounds memory).
 _SAMPLE_PIXELS = 8 * 2**20
+#: Default logit threshold of a refined mask. LiteMedSAM's masks from zoomed
+#: windows are consistently a little small: their area is 93-94% of the ground
+#: truth's on three sets of annotated nuclei, and thresholding at -1 instead of 0
+#: raised the mean IoU with ground-truth boxes on every set (DSB 2018 0.820 ->
+#: 0.843, nuclei planes 0.854 -> 0.881 and 0.858 -> 0.888, coins 0.947 -> 0.953).
+BOX_MASK_THRESHOLD = -1.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ class RefinedObject:
     """One refined object: its mask logits on a small region of the image.
 
     Attributes:
-        logits: ``h x w`` float32 mask logits over ``region``; the mask is ``logits > 0``.
+        logits: ``h x w`` float32 mask logits over ``region``, minus the mask
+            threshold of the call: the mask is ``logits > 0``.
         region: ``(x0, y0, x1, y1)`` of the logits in the image (x1, y1 exclusive).
         predicted_iou: the model's estimate of the mask's IoU.
         stability_score: IoU of the masks at logit thresholds +1 and -1.
@@ -188,6 +195,7 @@ def _decode_window(
     window: tuple[int, int, int, int],
     mask_inputs: np.ndarray | None,
     stability_offset: float,
+    mask_threshold: float,
 ) -> list[RefinedObject]:
     """Decode a batch of boxes (image coordinates) on one window's embedding."""
     wx0, wy0, wx1, wy1 = window
@@ -203,6 +211,8 @@ def _decode_window(
     patches = _sample_logits(low_res, regions, window, embedding.input_size, embedding.image_size)
     result = []
     for k, patch in enumerate(patches):
+        if mask_threshold:
+            patch = patch - mask_threshold
         stability = amg.calculate_stability_score(patch, 0.0, stability_offset)
         result.append(
             RefinedObject(
@@ -245,6 +255,7 @@ def refine_boxes(
     mask_prompts: Sequence[tuple[np.ndarray, tuple[int, int, int, int]]] | None = None,
     box_iterations: int = 1,
     stability_score_offset: float = 1.0,
+    mask_threshold: float = BOX_MASK_THRESHOLD,
     precision: str | None = None,
     cache: EmbeddingCache | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -269,6 +280,8 @@ def refine_boxes(
             around its mask (same window; the mask prompt only in the first
             round): loose boxes, as from proposals or rough labels, get tight.
         stability_score_offset: logit offset of the stability score.
+        mask_threshold: logit above which a pixel is in the mask (Meta's: 0;
+            default :data:`BOX_MASK_THRESHOLD`).
         precision: encoder precision (None: the configured default).
         cache: reuse window embeddings across calls.
         progress: ``progress(done, total)`` in objects, after each window.
@@ -308,11 +321,13 @@ def refine_boxes(
                     [mask_prompts[i][0] for i in ids], np.array([mask_prompts[i][1] for i in ids]),
                     window, embedding.input_size, spec.image_size,
                 )
-            objects = _decode_window(model, embedding, boxes[ids], window, masks, stability_score_offset)
+            objects = _decode_window(model, embedding, boxes[ids], window, masks, stability_score_offset,
+                                     mask_threshold)
             for _ in range(box_iterations - 1):
                 # Prompt again with the box around each mask (tightens loose boxes).
                 tight = np.array([mask_box(obj) if obj.mask.any() else boxes[i] for i, obj in zip(ids, objects)])
-                objects = _decode_window(model, embedding, tight, window, None, stability_score_offset)
+                objects = _decode_window(model, embedding, tight, window, None, stability_score_offset,
+                                         mask_threshold)
             for i, obj in zip(ids, objects):
                 results[i] = obj
         done += members.size
@@ -349,6 +364,7 @@ def segment_boxes(
     *,
     batch_size: int = 32,
     zoom: bool = True,
+    mask_threshold: float = BOX_MASK_THRESHOLD,
     precision: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -361,7 +377,8 @@ def segment_boxes(
         image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
         boxes: ``N x 4`` (x0, y0, x1, y1) in pixels of the image.
         model: a loaded :class:`SamModel`.
-        batch_size, zoom, precision, progress, cancel, cache: see :func:`refine_boxes`.
+        batch_size, zoom, mask_threshold, precision, progress, cancel, cache: see
+            :func:`refine_boxes`.
         channel_axis: axis of ``image`` that holds channels.
 
     Returns:
@@ -371,8 +388,8 @@ def segment_boxes(
         PromptError: boxes that are not ``N x 4``, not finite, empty or outside the image.
     """
     rgb = as_rgb(image, channel_axis=channel_axis)
-    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, precision=precision,
-                           progress=progress, cancel=cancel, cache=cache, rgb_ready=True)
+    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
+                           precision=precision, progress=progress, cancel=cancel, cache=cache, rgb_ready=True)
     return paint_objects(objects, rgb.shape[:2])
 
 
@@ -386,6 +403,7 @@ def segment_from_labels(
     box_iterations: int = 1,
     batch_size: int = 32,
     zoom: bool = True,
+    mask_threshold: float = BOX_MASK_THRESHOLD,
     precision: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -407,7 +425,8 @@ def segment_from_labels(
         box_margin: growth of each bounding box per side, in box sides.
         box_iterations: rounds of prompting (the second with the box around the
             first mask; see :func:`refine_boxes`).
-        model, batch_size, zoom, precision, progress, cancel, cache: see :func:`refine_boxes`.
+        model, batch_size, zoom, mask_threshold, precision, progress, cancel, cache: see
+            :func:`refine_boxes`.
 
     Returns:
         ``H x W`` labels of the dtype of ``labels`` (uint32 for bool or signed
@@ -450,8 +469,8 @@ def segment_from_labels(
     prompts = None
     if use_mask_prompt:
         prompts = [(dense[s] == k + 1, (s[1].start, s[0].start, s[1].stop, s[0].stop)) for k, s in enumerate(slices)]
-    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, precision=precision,
-                           mask_prompts=prompts, box_iterations=box_iterations, progress=progress,
+    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
+                           precision=precision, mask_prompts=prompts, box_iterations=box_iterations, progress=progress,
                            cancel=cancel, cache=cache, rgb_ready=True)
     painted = paint_objects(objects, rgb.shape[:2], ids=np.arange(1, ids.size + 1))
     out = np.zeros(labels.shape, dtype=out_dtype)
