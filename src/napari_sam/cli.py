@@ -78,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else float32; auto: "
                               "bfloat16 for models checked in it, on CPUs with native bfloat16)")
     segment.add_argument("--mask-threshold", type=float,
-                         help="with --boxes or --labels: logit above which a pixel is in a mask "
-                              "(default -1: LiteMedSAM's zoomed masks run a little small; Meta's is 0)")
+                         help="with --boxes or --labels: logit above which a pixel is in a mask (default "
+                              "with --boxes -1: LiteMedSAM's zoomed masks run a little small; with --labels 0, "
+                              "Meta's)")
     segment.add_argument("--device", help="torch device (default: cpu)")
     segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
