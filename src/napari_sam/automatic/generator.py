@@ -41,8 +41,9 @@ from .edges import MaskLogits
 
 #: Logit threshold of a mask (Meta's ``Sam.mask_threshold``).
 MASK_THRESHOLD = 0.0
-#: Bytes of float32 logits upsampled at once.
-_UPSAMPLE_BYTES = 192 * 2**20
+#: Bytes of float32 logits upsampled at once: small enough that the stability
+#: score and the binarisation read them from cache (32 MB: 1.9 s -> 1.2 s of a 16 x 16 run).
+_UPSAMPLE_BYTES = 32 * 2**20
 #: Bytes of int32 labels per connected-components call in small-region removal.
 _LABEL_BYTES = 128 * 2**20
 STRATEGIES = ("auto", "points", "boxes")

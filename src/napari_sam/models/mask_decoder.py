@@ -22,8 +22,9 @@ from .transformer import ImageContext
 
 #: Bytes of upscaled features (``prompts x 16hw x D/8`` floats) computed at once.
 _UPSCALE_BYTES = 64 * 2**20
-#: Bytes of one prompt chunk's image tokens (``prompts x hw x D``): 4 prompts at 64 x 64 x 256.
-_CHUNK_BYTES = 16 * 2**20
+#: Bytes of one prompt chunk's image tokens (``prompts x hw x D``): 2 prompts at 64 x 64 x 256
+#: (measured on 2 cores: 4% faster than 4 prompts, 12% faster than 1).
+_CHUNK_BYTES = 8 * 2**20
 
 
 class MLP(nn.Module):
