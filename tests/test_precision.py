@@ -8,6 +8,7 @@
   fused kernels agree with the plain bfloat16 ops.
 * The decoder's per-image cache and folded attention: the same logits as the
   module without them, recomputed when the embedding or the weights change.
+* LiteMedSAM's stage 0 in strips of rows: bit-identical to the whole map.
 * Fast model construction (no random initialisation, tensors assigned): exact
   weights, no memory shared with a caller's state_dict, dtypes converted.
 """
@@ -140,6 +141,24 @@ def test_bfloat16_keeps_stage_zero_in_float32(model):
     assert seen[0].dtype == seen[1].dtype == torch.float32
     assert torch.equal(seen[0], seen[1])
     assert model.image_encoder.float32_stages == 1
+
+
+def test_mbconv_strips_are_bit_identical(model, monkeypatch):
+    """Stage 0 in strips of rows (uneven last strip included) equals the whole-map computation."""
+    rgb = as_rgb(data.astronaut())
+    tensor, _ = model_input(rgb, model.spec)
+    block = model.image_encoder.layers[0].blocks[0]
+    with torch.inference_mode():
+        x = model.image_encoder.patch_embed(tensor.contiguous(memory_format=torch.channels_last))
+        monkeypatch.setattr(tiny_vit, "_STRIP_BYTES", 1 << 40)
+        assert block._strip_rows(x) is None
+        whole = block(x)
+        row_bytes = x.shape[3] * block.conv1.c.out_channels * 4
+        monkeypatch.setattr(tiny_vit, "_STRIP_BYTES", 7 * row_bytes)  # 256 rows = 36 x 7 + 4
+        assert block._strip_rows(x) == 7
+        assert torch.equal(block(x), whole)
+        monkeypatch.setattr(tiny_vit, "_STRIP_BYTES", 1 * row_bytes)  # too thin: whole map
+        assert block._strip_rows(x) is None
 
 
 def test_bfloat16_fused_kernels_match_plain_bfloat16_ops(model, monkeypatch):

