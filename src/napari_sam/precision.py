@@ -6,7 +6,7 @@ variable ``NAPARI_SAMKIT_PRECISION``, and otherwise is ``float32``.
 
 Values: ``float32`` (exact: the results of the official code up to float rounding),
 ``bfloat16`` (the image encoder runs in bfloat16 where it tolerates it; on a CPU
-with native bfloat16, AVX-512 BF16 or AMX, about 1.7x faster for LiteMedSAM), or
+with native bfloat16, AVX-512 BF16 or AMX, about 1.8x faster for LiteMedSAM), or
 ``auto`` (bfloat16 for models whose bfloat16 masks were checked against float32
 on real images, ``ModelSpec.bfloat16_checked``, on a CPU with native bfloat16;
 float32 otherwise).
