@@ -6,6 +6,8 @@ until a model, predictor or generator is used).
 
 from __future__ import annotations
 
+from ._lazy import lazy_attributes
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -26,17 +28,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

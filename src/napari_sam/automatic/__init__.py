@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from .._lazy import lazy_attributes
 from .amg import Cancelled
 from .edges import edge_map
 from .generator import generate_masks
@@ -24,17 +25,4 @@ _LAZY = {
 
 __all__ = ["Cancelled", "edge_map", "generate_masks", "masks_to_labels", *_LAZY]
 
-
-def __getattr__(name: str):
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'napari_sam.automatic' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
