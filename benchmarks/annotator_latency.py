@@ -36,19 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     import numpy as np
+    from evaluate_quality import coins_reference
     from qtpy.QtWidgets import QApplication
-    from scipy import ndimage
-    from skimage import data, filters, measure, morphology
+    from skimage import measure
 
     from napari_sam._widgets import AnnotatorWidget
 
-    image = data.coins()
-    smooth = filters.gaussian(image, 1.5, preserve_range=True)
-    flat = smooth - ndimage.uniform_filter(smooth, 101)
-    mask = ndimage.binary_fill_holes(ndimage.binary_closing(flat > filters.threshold_otsu(flat), morphology.disk(3)))
-    regions = [r for r in measure.regionprops(measure.label(ndimage.binary_opening(mask, morphology.disk(4))))
-               if r.area >= 400]  # fmt: skip
-    boxes = [r.bbox for r in regions]  # (row0, col0, row1, col1)
+    image, reference = coins_reference()
+    boxes = [r.bbox for r in measure.regionprops(reference)]  # (row0, col0, row1, col1)
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
