@@ -103,9 +103,10 @@ def test_bfloat16_masks_agree_on_nuclei(model):
     immunohistochemistry in its top-left quarter (19 objects), boxes from the
     hematoxylin stain; per-object IoU of the bfloat16 masks against float32.
 
-    Measured at Meta's mask threshold 0: mean 0.969 (min 0.92) with stage 0 in
-    float32, 0.950 (min 0.87) with the whole encoder in bfloat16; at the default -1,
-    0.972 (min 0.875). Below the 0.98 bar: why bfloat16 is opt-in.
+    Measured at the default mask threshold -1: mean 0.980 (min 0.952) with stage 0
+    in float32 and a float32 residual stream (shipped); 0.972 (min 0.875) with a
+    bfloat16 stream; at Meta's threshold 0 with a bfloat16 stream 0.969 (min 0.92),
+    and 0.950 (min 0.87) with the whole encoder in bfloat16.
     """
     from skimage import color, filters, measure
 
@@ -122,7 +123,7 @@ def test_bfloat16_masks_agree_on_nuclei(model):
     fast = segment_boxes(image, boxes, model, precision="bfloat16")
     ious = np.array(list(same_id_iou(exact, fast).values()))
     assert len(ious) == len(boxes)
-    assert ious.mean() >= 0.96 and ious.min() >= 0.85
+    assert ious.mean() >= 0.975 and ious.min() >= 0.93
 
 
 def test_bfloat16_keeps_stage_zero_in_float32(model):
@@ -141,6 +142,28 @@ def test_bfloat16_keeps_stage_zero_in_float32(model):
     assert seen[0].dtype == seen[1].dtype == torch.float32
     assert torch.equal(seen[0], seen[1])
     assert model.image_encoder.float32_stages == 1
+
+
+def test_bfloat16_keeps_a_float32_residual_stream(model):
+    """Under bfloat16 the later stages add bfloat16 products to a float32 stream, which
+    cuts the embedding error of a bfloat16 stream on a stained tissue crop by a third (measured
+    2.3e-2 vs 3.5e-2 relative error)."""
+    encoder = model.image_encoder
+    rgb = as_rgb(data.immunohistochemistry()[:128, :128])
+    exact = embed_image(model, rgb, precision="float32").features
+    dtypes = []
+    hook = encoder.layers[2].blocks[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    errors = {}
+    try:
+        for stream in (True, False):
+            encoder.float32_residual = stream
+            fast = embed_image(model, rgb, precision="bfloat16").features
+            errors[stream] = float((fast - exact).norm() / exact.norm())
+    finally:
+        encoder.float32_residual = True
+        hook.remove()
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert errors[True] < 0.03 < errors[False]
 
 
 def test_mbconv_strips_are_bit_identical(model, monkeypatch):

@@ -24,6 +24,8 @@ in forward).
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -340,16 +342,19 @@ class Attention(_CachingModule):
         batch, tokens, dim = x.shape
         qkv_layer, proj_layer = self.qkv, self.proj
         params = (qkv_layer.weight, qkv_layer.bias, proj_layer.weight, proj_layer.bias)
+        normed = self.norm(x)
         if _fast_path(self):
             sources = (self.attention_biases, self.attention_bias_idxs)
             (bias,) = self._cached(sources, self._gathered_bias)
-            # Weights and bias in the dtype of the tokens (bfloat16 under autocast), cast once.
-            bias, qkv_w, qkv_b, proj_w, proj_b = self._cast((bias, *params), x.dtype, sources + params)
+            # Normalised tokens, weights and bias in the compute dtype (bfloat16 under
+            # autocast, also when the residual stream ``x`` is float32), cast once.
+            normed = normed.to(_compute_dtype(x))
+            bias, qkv_w, qkv_b, proj_w, proj_b = self._cast((bias, *params), normed.dtype, sources + params)
         else:
             (bias,) = self._gathered_bias()
             qkv_w, qkv_b, proj_w, proj_b = params
         # Per head the official qkv output is laid out [q | k | v].
-        qkv = F.linear(self.norm(x), qkv_w, qkv_b).view(batch, tokens, self.num_heads, 3, self.head_dim)
+        qkv = F.linear(normed, qkv_w, qkv_b).view(batch, tokens, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return F.linear(out.transpose(1, 2).reshape(batch, tokens, dim), proj_w, proj_b)
@@ -366,8 +371,10 @@ class Mlp(_CachingModule):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = _compute_dtype(x)
         x = self.norm(x)
         if _fast_path(self):
+            x = x.to(dtype)  # a float32 residual stream under bfloat16 autocast: compute in bfloat16
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             w1, b1, w2, b2 = self._cast(params, x.dtype)
             if _can_fuse(x):
@@ -375,6 +382,8 @@ class Mlp(_CachingModule):
                 h = linear(x, w1, b1, "gelu", [None], "none")
                 if residual is None:
                     return F.linear(h, w2, b2)
+                if residual.dtype != x.dtype:
+                    return residual + F.linear(h, w2, b2)
                 return linear.binary(h, residual, w2, b2, "add")
             out = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
             return out if residual is None else residual + out
@@ -415,7 +424,10 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + _drop_path(self._windowed_attention(x), self.drop_path, self.training)
-        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+        # The local conv acts on the residual stream itself: keep a float32 stream float32.
+        keep = _fast_path(self) and x.dtype == torch.float32 and _compute_dtype(x) != torch.float32
+        with torch.autocast(x.device.type, enabled=False) if keep else contextlib.nullcontext():
+            x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
         if self.training and self.drop_path > 0:
             return x + _drop_path(self.mlp(x), self.drop_path, True)
         return self.mlp(x, residual=x)
@@ -486,6 +498,9 @@ class TinyViT(nn.Module):
         self.layer_lr_decay = layer_lr_decay
         #: Leading stages kept in float32 when the encoder runs in bfloat16.
         self.float32_stages = 1
+        #: In bfloat16, keep the residual stream of the later stages (and their local
+        #: convolutions, which act on it) in float32; matrix products run in bfloat16.
+        self.float32_residual = True
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], pointwise_patch_embed)
 
         rates = iter(torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist())
@@ -530,15 +545,20 @@ class TinyViT(nn.Module):
         # Reduced precision (autocast to bfloat16): the patch embedding and the first
         # ``float32_stages`` stages stay float32 (the image and the full-resolution
         # stage are where bfloat16 rounding moves the masks; see napari_sam.precision);
-        # then every op runs on bfloat16 tensors with bfloat16 copies of the weights,
-        # fused kernels included.
+        # then the attention and MLP matrix products run on bfloat16 copies of their
+        # inputs and weights, fused kernels included, and add their outputs to a
+        # float32 residual stream (``float32_residual``); the local convolutions and
+        # patch merging, which act on the stream itself, stay float32. Embedding error
+        # on immunohistochemistry crops 3.5e-2 -> 2.3e-2 (a bfloat16 patch merging
+        # alone brings it back to 3.7e-2).
         with torch.autocast(x.device.type, enabled=False):
             x = self.patch_embed(x.float())
             for layer in self.layers[: self.float32_stages]:
                 x = layer(x)
-        x = x.to(dtype)
+        if not self.float32_residual:
+            x = x.to(dtype)
         for layer in self.layers[self.float32_stages :]:
-            x = layer(x)
+            x = layer(x.float() if self.float32_residual else x.to(dtype))
         return self.neck(x).contiguous()
 
 
