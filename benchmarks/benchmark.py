@@ -234,7 +234,7 @@ def _predictors(official, model) -> dict:
     from napari_sam import Predictor
     from napari_sam.precision import resolve_precision
 
-    default = resolve_precision()
+    default = resolve_precision(None, model.spec)
     predictors = {"official": official}
     for precision in ("float32", "bfloat16"):
         label = f"ours {precision}" + (" (default)" if precision == default else "")
@@ -299,6 +299,7 @@ def bench_box_prompt(quick: bool) -> list[dict]:
 
 def _bench_amg(points_per_side: int, quick: bool) -> list[dict]:
     from napari_sam.automatic import generate_masks
+    from napari_sam.precision import resolve_precision
 
     segment_anything, sam = official_lite_sam(parity=True)
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -313,29 +314,33 @@ def _bench_amg(points_per_side: int, quick: bool) -> list[dict]:
         return generator.generate(image)
 
     results: dict[str, list] = {}
-    times: dict[str, list[float]] = {"official": [], "ours": []}
+    times: dict[str, list[float]] = {"official": [], "ours": [], "ours bfloat16": []}
 
     def run(name, call):
         start = time.perf_counter()
         results[name] = call()
         times[name].append(time.perf_counter() - start)
 
-    def mine():
-        return generate_masks(image, model, strategy="points", precision="float32", **params)
+    def mine(precision="float32"):
+        return generate_masks(image, model, strategy="points", precision=precision, **params)
 
     # Ours before and after the official run (once in --quick): load changes hit both.
     if not quick:
         run("ours", mine)
     run("official", official)
     run("ours", mine)
+    run("ours bfloat16", lambda: mine("bfloat16"))
     seconds = {name: statistics.mean(values) for name, values in times.items()}
-    theirs, ours = results["official"], results["ours"]
-    return [
-        dict(variant="official", seconds=seconds["official"], agreement=f"{len(theirs)} masks"),
-        dict(variant="ours", seconds=seconds["ours"],
-             agreement=f"{len(ours)} masks; {found_again(theirs, ours):.1%} of the official ones found again "
-                       f"(IoU >= 0.9), {found_again(ours, theirs):.1%} the other way"),
-    ]  # fmt: skip
+    theirs = results["official"]
+    rows = [dict(variant="official", seconds=seconds["official"], agreement=f"{len(theirs)} masks")]
+    default = resolve_precision(None, model.spec)
+    for name, precision in (("ours", "float32"), ("ours bfloat16", "bfloat16")):
+        ours = results[name]
+        rows.append(dict(variant=f"ours {precision}" + (" (default)" if precision == default else ""),
+                         seconds=seconds[name],
+                         agreement=f"{len(ours)} masks; {found_again(theirs, ours):.1%} of the official ones found "
+                                   f"again (IoU >= 0.9), {found_again(ours, theirs):.1%} the other way"))  # fmt: skip
+    return rows
 
 
 def bench_amg16(quick: bool) -> list[dict]:

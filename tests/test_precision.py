@@ -1,11 +1,11 @@
 """Reduced precision and the fast paths give the exact path's results.
 
-* The precision switch: argument > ``NAPARI_SAMKIT_PRECISION`` > float32; ``auto``
+* The precision switch: argument > ``NAPARI_SAMKIT_PRECISION`` > auto; ``auto``
   picks bfloat16 only for models checked in bfloat16, on CPUs with native bfloat16;
   float32 is bit-identical to running the encoder module directly (the parity path).
-* bfloat16 keeps TinyViT's patch embedding and stage 0 in float32, still gives the
-  float32 masks on real images (coins; nuclei of immunohistochemistry), and its
-  fused kernels agree with the plain bfloat16 ops.
+* bfloat16 keeps TinyViT's patch embedding, stage 0 and the residual stream in
+  float32, still gives the float32 masks on real images (coins; nuclei of
+  immunohistochemistry), and its fused kernels agree with the plain bfloat16 ops.
 * The decoder's per-image cache and folded attention: the same logits as the
   module without them, recomputed when the embedding or the weights change.
 * LiteMedSAM's stage 0 in strips of rows: bit-identical to the whole map.
@@ -47,8 +47,10 @@ def test_resolution_order(monkeypatch):
     from napari_sam.registry import get_spec
 
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert resolve_precision() == "float32"  # the default on every CPU
     native = "bfloat16" if native_bfloat16() else "float32"
+    assert resolve_precision() == native  # the default: auto
+    assert resolve_precision(None, get_spec("lite_medsam")) == native
+    assert resolve_precision(None, get_spec("vit_b")) == "float32"
     assert resolve_precision("auto") == native
     assert resolve_precision("auto", get_spec("lite_medsam")) == native  # checked in bfloat16
     assert resolve_precision("auto", get_spec("vit_b")) == "float32"  # not checked: exact
@@ -73,9 +75,12 @@ def test_float32_is_the_parity_path_and_the_switch_works(model, monkeypatch):
     with torch.inference_mode():
         direct = model.image_encoder(tensor)  # no autocast, as the parity tests run it
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert torch.equal(Predictor(model).set_image(rgb).features, direct)
+    default = Predictor(model).set_image(rgb).features
     auto = embed_image(model, rgb, precision="auto").features
+    assert torch.equal(default, auto)
     assert torch.equal(auto, direct) == (not native_bfloat16())
+    monkeypatch.setenv(ENV_VAR, "float32")  # the switch for exact results
+    assert torch.equal(Predictor(model).set_image(rgb).features, direct)
     monkeypatch.setenv(ENV_VAR, "bfloat16")
     from_env = Predictor(model).set_image(rgb).features
     explicit = embed_image(model, rgb, precision="bfloat16").features

@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--strategy", choices=("auto", "points", "boxes"), default="auto",
                          help="automatic prompts: point grid (SAM) or box proposals (box-only models)")
     segment.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
-                         help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else float32; auto: "
-                              "bfloat16 for models checked in it, on CPUs with native bfloat16)")
+                         help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else auto: bfloat16 for "
+                              "models checked in it, on CPUs with native bfloat16; float32: exact)")
     segment.add_argument("--mask-threshold", type=float,
                          help="with --boxes or --labels: logit above which a pixel is in a mask (default "
                               "with --boxes -1: LiteMedSAM's zoomed masks run a little small; with --labels 0, "

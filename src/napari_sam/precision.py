@@ -2,26 +2,26 @@
 
 The precision is chosen, in order, by the argument of the call (the Predictor,
 the widgets' setting and the CLI's ``--precision`` pass it), by the environment
-variable ``NAPARI_SAMKIT_PRECISION``, and otherwise is ``float32``.
+variable ``NAPARI_SAMKIT_PRECISION``, and otherwise is ``auto``.
 
-Values: ``float32`` (exact: the results of the official code up to float rounding),
-``bfloat16`` (the image encoder runs in bfloat16 where it tolerates it; on a CPU
-with native bfloat16, AVX-512 BF16 or AMX, about 1.8x faster for LiteMedSAM), or
-``auto`` (bfloat16 for models whose bfloat16 masks were checked against float32
-on real images, ``ModelSpec.bfloat16_checked``, on a CPU with native bfloat16;
-float32 otherwise).
+Values: ``float32`` (exact: the results of the official code up to float rounding;
+the switch for identical results), ``bfloat16`` (the image encoder's matrix products
+run in bfloat16; on a CPU with native bfloat16, AVX-512 BF16 or AMX, about 1.5x
+faster for LiteMedSAM), or ``auto`` (the default: bfloat16 for models whose
+bfloat16 masks were checked against float32 on real images,
+``ModelSpec.bfloat16_checked``, on a CPU with native bfloat16; float32 otherwise,
+e.g. on Apple silicon and on most laptop CPUs before AMD Zen 4).
 
-What was checked (LiteMedSAM, box prompts with zoomed windows, per-object IoU of
-the bfloat16 mask against the float32 mask; docs/performance.md): running the
-whole encoder in bfloat16 gives mean IoU 0.980 on DSB 2018 nuclei (5th percentile
-0.948), at the issue's bar of 0.98; almost all of that error comes from rounding
-the image and the first, full-resolution stage. With the patch embedding and
-stage 0 kept in float32 (:class:`~napari_sam.models.tiny_vit.TinyViT`) the mean
-IoU is 0.991 (5th percentile 0.975), but 0.978 on the small nuclei of
-``skimage.data.immunohistochemistry`` (155 objects, median 16 pixels across): below
-the bar, so float32 stays the default and bfloat16 is a choice. Only the image
-encoder runs in reduced precision; prompt encoding, mask decoding and everything
-after stay float32.
+What was checked (LiteMedSAM, ground-truth boxes through the zoomed windows of
+``segment_boxes``, per-object IoU of the bfloat16 mask against the float32 mask;
+``benchmarks/precision_agreement.py``, docs/performance.md): with TinyViT's patch
+embedding, first stage and residual stream kept in float32
+(:class:`~napari_sam.models.tiny_vit.TinyViT`), mean IoU 0.995 on DSB 2018 nuclei
+(125), 0.997 and 0.996 on two confocal nuclei planes, 0.999 on coins and 0.986 on
+the 182 small hematoxylin nuclei of ``skimage.data.immunohistochemistry`` (5th
+percentile 0.950): above the 0.98 bar everywhere. The quality figures of the
+automatic mode did not drop. Only the image encoder runs in reduced precision;
+prompt encoding, mask decoding and everything after stay float32.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ PRECISIONS = ("float32", "bfloat16")
 #: Accepted values: the precisions, and "auto".
 CHOICES = (*PRECISIONS, "auto")
 ENV_VAR = "NAPARI_SAMKIT_PRECISION"
-DEFAULT = "float32"
+DEFAULT = "auto"
 
 
 def _check(precision: str, source: str, spec) -> str:
@@ -80,7 +80,7 @@ def resolve_precision(precision: str | None = None, spec=None) -> str:
 
     Args:
         precision: a value of :data:`CHOICES`, or None for the environment variable
-            or the default (float32).
+            or the default (auto).
         spec: the model's :class:`~napari_sam.registry.ModelSpec`; ``auto`` picks
             bfloat16 only for models with ``bfloat16_checked`` (None: any model).
 

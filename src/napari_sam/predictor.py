@@ -48,8 +48,9 @@ class Predictor:
     Args:
         model: a :class:`SamModel` (see :func:`napari_sam.load_model`), or a registry
             name or checkpoint path to load.
-        precision: encoder precision, ``"float32"`` or ``"bfloat16"`` (None: the
-            ``NAPARI_SAMKIT_PRECISION`` environment variable, else float32).
+        precision: encoder precision, ``"float32"`` (exact), ``"bfloat16"`` or
+            ``"auto"`` (None: the ``NAPARI_SAMKIT_PRECISION`` environment variable,
+            else auto; see :mod:`napari_sam.precision`).
     """
 
     def __init__(self, model: SamModel | str | os.PathLike = "lite_medsam", precision: str | None = None) -> None:
