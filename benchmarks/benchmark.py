@@ -333,7 +333,7 @@ def _bench_amg(points_per_side: int, quick: bool) -> list[dict]:
     seconds = {name: statistics.mean(values) for name, values in times.items()}
     theirs = results["official"]
     rows = [dict(variant="official", seconds=seconds["official"], agreement=f"{len(theirs)} masks")]
-    default = resolve_precision(None, model.spec)
+    default = resolve_precision(None, model.spec, encoder_bound=False)  # what generate_masks uses
     for name, precision in (("ours", "float32"), ("ours bfloat16", "bfloat16")):
         ours = results[name]
         rows.append(dict(variant=f"ours {precision}" + (" (default)" if precision == default else ""),

@@ -15,8 +15,8 @@ Preprocessing. LiteMedSAM normalises min-max, Meta's predictor with mean/std; th
 parity spec uses ImageNet mean/std on both sides (``dataclasses.replace`` on the
 spec), so the encoder sees the same tensor.
 
-Precision. The comparison is with the exact path (``precision="float32"``); the
-default, ``auto``, runs the encoder in bfloat16 on CPUs with native bfloat16.
+Precision. The comparison is with the exact path: the default (``auto``) keeps the
+point-grid generator in float32; the crop test asks for float32 explicitly.
 
 Small-region removal needs OpenCV in the official code: the crop test installs
 the scikit-image stand-in from ``test_amg_functions`` as ``cv2``.
@@ -137,7 +137,7 @@ def test_whole_image_matches_official(models, coins_rgb):
     params = dict(points_per_side=8, **LOW_THRESHOLDS)
     theirs = _official_records(official, coins_rgb, **params)
     timings: dict = {}
-    ours = generate_masks(coins_rgb, ours_model, timings=timings, precision="float32", **params)
+    ours = generate_masks(coins_rgb, ours_model, timings=timings, **params)  # the default: float32 for the grid
     _assert_same_records(ours, theirs, coins_rgb.shape[:2])
     assert {"embed", "decode", "upsample_filter", "nms", "records", "total"} <= set(timings)
     assert timings["decode"] > 0 and timings["total"] >= timings["decode"]

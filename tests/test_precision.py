@@ -52,6 +52,10 @@ def test_resolution_order(monkeypatch):
     assert resolve_precision(None, get_spec("lite_medsam")) == native
     assert resolve_precision(None, get_spec("vit_b")) == "float32"
     assert resolve_precision("auto") == native
+    # The point-grid generator: the encoder is a small share of its time, auto stays exact.
+    assert resolve_precision(None, get_spec("lite_medsam"), encoder_bound=False) == "float32"
+    assert resolve_precision("auto", get_spec("lite_medsam"), encoder_bound=False) == "float32"
+    assert resolve_precision("bfloat16", get_spec("lite_medsam"), encoder_bound=False) == "bfloat16"
     assert resolve_precision("auto", get_spec("lite_medsam")) == native  # checked in bfloat16
     assert resolve_precision("auto", get_spec("vit_b")) == "float32"  # not checked: exact
     assert resolve_precision("bfloat16", get_spec("vit_b")) == "bfloat16"  # asked for explicitly

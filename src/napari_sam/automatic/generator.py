@@ -34,6 +34,7 @@ from ..embedding import ImageEmbedding
 from ..errors import SamkitError
 from ..inference import decode_prompts, embed_image, logits_to_image, to_input_coords
 from ..models.sam import SamModel
+from ..precision import resolve_precision
 from ..preprocess import as_rgb
 from . import amg
 from .amg import Cancelled, MaskRecords
@@ -165,7 +166,9 @@ def generate_masks(
             points when the model was trained on point prompts, else boxes.
         progress: ``progress(done, total)`` after every batch of prompts.
         cancel: polled before every batch; returning True raises :class:`Cancelled`.
-        precision: encoder precision (``"float32"`` / ``"bfloat16"``, None: default).
+        precision: encoder precision (``"float32"`` / ``"bfloat16"`` / ``"auto"``, None:
+            the configured default). With the point grid, ``auto`` means float32 (the
+            encoder is ~10% of the time; see :func:`napari_sam.precision.resolve_precision`).
         channel_axis: axis of ``image`` holding channels (see ``as_rgb``).
         return_logits: add ``"logits"``, a :class:`~napari_sam.automatic.edges.MaskLogits`
             (low-resolution logits and their geometry, 256 KiB a mask), to each
@@ -206,6 +209,7 @@ def generate_masks(
         )
 
     start = time.perf_counter()
+    precision = resolve_precision(precision, model.spec, encoder_bound=False)
     if point_grids is not None:
         grids = [np.asarray(grid, dtype=np.float64).reshape(-1, 2) for grid in point_grids]
     else:
