@@ -256,3 +256,33 @@ def test_strategy_dispatch_and_parameter_errors(models, coins_rgb, monkeypatch):
         generate_masks(gray, ours_model, points_per_side=0)
     with pytest.raises(SamkitError, match="no grid points"):
         generate_masks(gray, ours_model, points_per_side=4, crop_n_layers=2, crop_n_points_downscale_factor=4)
+
+
+def test_prompts_without_a_kept_mask_are_not_upscaled(models, coins_rgb, monkeypatch):
+    """Prompts whose three masks all have a predicted IoU below ``pred_iou_thresh`` skip the
+    decoder's upscaling; the records are those of decoding every prompt in full."""
+    from napari_sam.automatic import generator
+    from napari_sam.models.mask_decoder import MaskDecoder
+
+    ours_model, _ = models
+    params = dict(points_per_side=8, pred_iou_thresh=0.8, stability_score_thresh=0.8, precision="float32")
+    upscaled: list[int] = []
+    upscale = MaskDecoder.upscale_masks
+
+    def counting(self, keys, hyper_in, grid):
+        upscaled.append(len(hyper_in))
+        return upscale(self, keys, hyper_in, grid)
+
+    monkeypatch.setattr(MaskDecoder, "upscale_masks", counting)
+    skipping = generate_masks(coins_rgb, ours_model, **params)
+    with_skips = sum(upscaled)
+    upscaled.clear()
+    decode = generator.decode_prompts
+    monkeypatch.setattr(generator, "decode_prompts", lambda *args, min_iou=None, **kwargs: decode(*args, **kwargs))
+    everything = generate_masks(coins_rgb, ours_model, **params)
+    assert sum(upscaled) == 64 and 0 < with_skips < 64
+    assert len(skipping) == len(everything) > 0
+    for ours, full in zip(skipping, everything):
+        assert np.array_equal(ours["segmentation"], full["segmentation"])
+        assert ours["predicted_iou"] == full["predicted_iou"]
+        assert ours["stability_score"] == pytest.approx(full["stability_score"], abs=1e-6)

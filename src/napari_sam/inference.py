@@ -67,6 +67,7 @@ def decode_prompts(
     boxes: torch.Tensor | None = None,
     mask_input: torch.Tensor | None = None,
     multimask: bool = True,
+    min_iou: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt encoder + mask decoder for a batch of ``B`` prompts on one embedding.
 
@@ -76,6 +77,8 @@ def decode_prompts(
         boxes: ``B x 4`` (x0, y0, x1, y1) in the input frame, or None.
         mask_input: ``B x 1 x 256 x 256`` low-resolution logits, or None.
         multimask: three masks (whole, part, subpart) per prompt if True, else one.
+        min_iou: skip the upscaling of prompts with no mask whose predicted IoU is
+            above this; their logits are ``-inf`` (see :meth:`MaskDecoder.forward`).
 
     Returns:
         ``(low_res_logits, iou_predictions)``: ``B x C x 256 x 256`` and ``B x C``
@@ -100,6 +103,7 @@ def decode_prompts(
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
         context=context,
+        min_iou=min_iou,
     )
 
 

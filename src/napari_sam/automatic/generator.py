@@ -283,7 +283,9 @@ def _process_crop(
         run.check_cancel()
         coords = input_points[batch][:, None, :]
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int64)
-        low_res, iou_preds = decode_prompts(run.model, embedding, coords, labels, multimask=True)
+        # Prompts without a mask above pred_iou_thresh are not upscaled (their masks are dropped below).
+        min_iou = run.pred_iou_thresh if run.pred_iou_thresh > 0.0 else None
+        low_res, iou_preds = decode_prompts(run.model, embedding, coords, labels, multimask=True, min_iou=min_iou)
         n_out = low_res.shape[1]
         low_res = low_res.flatten(0, 1)
         iou_preds = iou_preds.flatten(0, 1).float()

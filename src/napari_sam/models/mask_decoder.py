@@ -121,6 +121,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         context: ImageContext | None = None,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode ``B`` prompts on one image.
 
@@ -133,6 +134,9 @@ class MaskDecoder(nn.Module):
                 instead of the single-mask output.
             context: :meth:`prepare_image` of the same image, encoding and dense
                 embedding (prompts without mask input), to skip recomputing it.
+            min_iou: if given, prompts none of whose returned masks has a predicted
+                IoU above it are not upscaled: their logits are ``-inf`` (for callers
+                that drop those masks anyway, like the automatic generator).
 
         Returns:
             ``(masks, iou_pred)``: ``B x C x 4h x 4w`` mask logits and ``B x C``
@@ -140,7 +144,7 @@ class MaskDecoder(nn.Module):
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, context
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, context, min_iou
         )
 
     def predict_masks(
@@ -151,6 +155,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         mask_slice: slice = slice(None),
         context: ImageContext | None = None,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The masks and IoU of the mask tokens in ``mask_slice`` (all by default); see :meth:`forward`.
 
@@ -183,6 +188,7 @@ class MaskDecoder(nn.Module):
                 dense if dense.shape[0] == 1 else dense[part],
                 mask_slice,
                 context,
+                min_iou,
             ))  # fmt: skip
         if len(parts) == 1:
             return parts[0]
@@ -196,6 +202,7 @@ class MaskDecoder(nn.Module):
         dense: torch.Tensor,
         mask_slice: slice,
         context: ImageContext | None,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict_masks` for one chunk of prompts (``dense`` already at batch 1 if shared)."""
         batch = sparse_prompt_embeddings.shape[0]
@@ -215,8 +222,15 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in selected], dim=1
         )
-        masks = self.upscale_masks(keys, hyper_in, (h, w))
         iou_pred = self.iou_prediction_head(iou_token_out)[:, mask_slice]
+        wanted = None if min_iou is None else (iou_pred > min_iou).any(dim=1)
+        if wanted is None or bool(wanted.all()):
+            return self.upscale_masks(keys, hyper_in, (h, w)), iou_pred
+        # The upscaling is about a third of a prompt's decoding: only for prompts with a mask to keep.
+        masks = keys.new_full((batch, len(selected), 4 * h, 4 * w), float("-inf"))
+        rows = wanted.nonzero().squeeze(1)
+        if len(rows):
+            masks[rows] = self.upscale_masks(keys[rows], hyper_in[rows], (h, w))
         return masks, iou_pred
 
     def upscale_masks(self, keys: torch.Tensor, hyper_in: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
