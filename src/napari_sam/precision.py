@@ -93,12 +93,13 @@ def resolve_precision(precision: str | None = None, spec=None, encoder_bound: bo
     Raises:
         ValueError: for a value (argument or environment variable) not in :data:`CHOICES`.
     """
+    env = os.environ.get(ENV_VAR, "").strip()
     if precision is not None:
         value, source = precision, "argument"
+    elif env:
+        value, source = env, f"environment variable {ENV_VAR}"
     else:
-        value, source = os.environ.get(ENV_VAR, "").strip() or DEFAULT, f"environment variable {ENV_VAR}"
-        if not os.environ.get(ENV_VAR, "").strip():
-            source = "default"
+        value, source = DEFAULT, "default"
     if not encoder_bound and value.strip().lower() == "auto":
         value = "float32"
     return _check(value, source, spec)

@@ -25,7 +25,6 @@ in forward).
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -555,8 +554,6 @@ class TinyViT(nn.Module):
             x = self.patch_embed(x.float())
             for layer in self.layers[: self.float32_stages]:
                 x = layer(x)
-        if not self.float32_residual:
-            x = x.to(dtype)
         for layer in self.layers[self.float32_stages :]:
             x = layer(x.float() if self.float32_residual else x.to(dtype))
         return self.neck(x).contiguous()
