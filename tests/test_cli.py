@@ -85,3 +85,19 @@ def test_help_is_fast_and_does_not_import_torch():
     )
     assert "segment" in out.stdout and out.stdout.strip().endswith("False")
     assert time.perf_counter() - started < 10  # generous: the point is no torch import
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], None),  # the default: auto (bfloat16 only on CPUs with native bfloat16)
+    (["--precision", "float32"], "float32"),
+    (["--precision", "bfloat16"], "bfloat16"),
+])
+def test_segment_reports_the_encoder_precision(coins_files, capsys, extra, expected):
+    from napari_sam.precision import native_bfloat16
+
+    folder, _, _ = coins_files
+    code = main(["segment", str(folder / "coins.png"), "-o", str(folder / "precision.tif"),
+                 "--boxes", str(folder / "boxes.csv"), *extra])  # fmt: skip
+    assert code == 0
+    expected = expected or ("bfloat16" if native_bfloat16() else "float32")
+    assert f"256 px input, {expected} image encoder)" in capsys.readouterr().err  # progress goes to stderr

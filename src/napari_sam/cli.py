@@ -221,7 +221,13 @@ def _cmd_segment(args) -> int:
         raise PromptError("--mode auto ignores prompts: drop --boxes/--points, or use --mode prompts.")
     _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}")
     model = load_model(args.model, model_type=args.model_type, device=args.device)
-    _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input)")
+    from .automatic.generator import uses_point_grid
+    from .precision import resolve_precision
+
+    grid = mode == "auto" and not args.labels and uses_point_grid(model, args.strategy)
+    precision = resolve_precision(args.precision, model.spec, encoder_bound=not grid)
+    _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
+                     f"{precision} image encoder)")
 
     if args.labels:
         from .automatic import segment_from_labels

@@ -115,6 +115,12 @@ def _check_parameters(
         )
 
 
+def uses_point_grid(model: SamModel, strategy: str = "auto") -> bool:
+    """Whether :func:`generate_masks` with ``strategy`` prompts ``model`` with a point grid
+    (``auto``: for models trained on points) rather than box proposals."""
+    return strategy == "points" or (strategy == "auto" and bool(model.spec.supports_points))
+
+
 def generate_masks(
     image: np.ndarray,
     model: SamModel,
@@ -190,8 +196,7 @@ def generate_masks(
         points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, point_grids, strategy
     )
     rgb = as_rgb(image, channel_axis=channel_axis)
-    if strategy == "auto":
-        strategy = "points" if model.spec.supports_points else "boxes"
+    strategy = "points" if uses_point_grid(model, strategy) else "boxes"
     if strategy == "boxes":
         from .box_strategy import segment_everything_with_boxes
 
