@@ -49,9 +49,17 @@ def test_bad_parameters_are_refused_with_a_message(values, text):
 
 
 def test_strategy_names_and_result_names():
-    assert P.effective_strategy("auto", supports_points=False) == "boxes"
-    assert P.effective_strategy("auto", supports_points=True) == "points"
-    assert P.effective_strategy("points", supports_points=False) == "points"
+    from dataclasses import replace
+
+    from napari_sam.registry import get_spec
+
+    lite, sam = get_spec("lite_medsam"), get_spec("vit_b")
+    assert P.effective_strategy("auto", lite) == "boxes"
+    assert P.effective_strategy("auto", sam) == "points"
+    assert P.effective_strategy("points", lite) == "points"
+    # A LiteMedSAM fine-tuned on clicks keeps the zoomed box proposals of its base.
+    tuned = replace(lite, prompt_types=("boxes", "points", "masks"), automatic="boxes")
+    assert tuned.supports_points and P.effective_strategy("auto", tuned) == "boxes"
     assert P.result_name("coins", "everything", "lite_medsam") == "coins auto (lite_medsam)"
     assert P.result_name("cells", "labels", "vit_b") == "cells refined (vit_b)"
     assert set(P.MODES) == {"everything", "boxes", "labels", "edges"}

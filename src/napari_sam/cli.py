@@ -54,6 +54,32 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("name", choices=SAMPLES)
     sample.add_argument("-o", "--output", required=True, help="output file (.png or .tif)")
 
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a model on your annotated images (the data engine's retraining step)",
+        description="Fine-tune BASE on images and their instance label images: the image encoder stays "
+        "frozen, the prompt encoder and mask decoder learn from simulated boxes, clicks and correction clicks. "
+        "The best epoch is saved as a model of your own, usable everywhere as --model NAME. Ctrl-C keeps the "
+        "best epoch so far; the same command again resumes the run.",
+    )
+    train.add_argument("--images", nargs="+", required=True,
+                       help="image files, globs or folders (a folder may hold the label images too)")
+    train.add_argument("--labels", nargs="+",
+                       help="label images in the same order, or a folder with <image>_labels.tif (or same names)")
+    train.add_argument("--base", default="lite_medsam", help="model to start from (default: lite_medsam)")
+    train.add_argument("--name", required=True, help="name of the new model, e.g. my-lab-v1")
+    train.add_argument("--val-images", nargs="+", help="held-out validation images (default: split --images)")
+    train.add_argument("--val-labels", nargs="+", help="their label images")
+    train.add_argument("--models-dir", help="folder of your models (default: $NAPARI_SAMKIT_MODELS or the user "
+                                            "data folder)")
+    train.add_argument("--restart", action="store_true", help="start again instead of resuming a run of this name")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model of this name")
+    train.add_argument("--precision", choices=("auto", "float32", "bfloat16"), help="image encoder precision")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    from .training.settings import add_arguments
+
+    add_arguments(train.add_argument_group("training settings"))
+
     segment = sub.add_parser(
         "segment",
         help="segment an image into a label image",
@@ -254,7 +280,57 @@ def _cmd_segment(args) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "download": _cmd_download, "sample": _cmd_sample, "segment": _cmd_segment}
+def _cmd_train(args) -> int:
+    from .training import load_training_images
+    from .training.progress import TerminalProgress
+    from .training.settings import from_arguments
+    from .training.trainer import fine_tune
+
+    settings = from_arguments(args)
+    images = load_training_images(args.images if len(args.images) > 1 else args.images[0],
+                                  None if not args.labels else (args.labels if len(args.labels) > 1 else args.labels[0]))
+    validation = None
+    if args.val_images:
+        validation = load_training_images(
+            args.val_images if len(args.val_images) > 1 else args.val_images[0],
+            None if not args.val_labels else (args.val_labels if len(args.val_labels) > 1 else args.val_labels[0]))
+    objects = sum(len(item.object_ids) for item in images)
+    _say(args.quiet, f"{len(images)} annotated planes, {objects} objects; base model {args.base}")
+    reporter = TerminalProgress(quiet=args.quiet)
+    interrupted = []
+
+    def cancel() -> bool:
+        return bool(interrupted)
+
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame) -> None:
+        if interrupted:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        print("\nstopping after this step; the best epoch so far is kept (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = fine_tune(images, name=args.name, base=args.base, settings=settings, validation=validation,
+                           models_directory=args.models_dir, resume=not args.restart, overwrite=args.overwrite,
+                           precision=args.precision, progress=reporter, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        reporter.close()
+    best, first = result.best, result.history[0]
+    _say(args.quiet, f"{result.stopped}: saved model {result.name!r} (epoch {result.best_epoch}) to {result.checkpoint}")
+    if result.history[-1]["objects"]:
+        _say(args.quiet, f"validation IoU from a box {first['box_iou']:.3f} -> {best['box_iou']:.3f}, "
+                         f"from one click {first['click_iou']:.3f} -> {best['click_iou']:.3f}")
+    _say(args.quiet, f"use it with --model {result.name} or load_model({result.name!r})")
+    return 130 if result.stopped == "cancelled" else 0
+
+
+COMMANDS = {"models": _cmd_models, "train": _cmd_train, "download": _cmd_download, "sample": _cmd_sample, "segment": _cmd_segment}
 
 
 def main(argv: list[str] | None = None) -> int:

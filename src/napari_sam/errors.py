@@ -48,3 +48,9 @@ class InputFileError(SamkitError):
     """An input file (image, CSV, labels) that cannot be read."""
 
     exit_code = 2
+
+
+class TrainingError(SamkitError):
+    """Training data or settings that cannot train a model (no objects, mismatched pairs)."""
+
+    exit_code = 2

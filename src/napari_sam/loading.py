@@ -15,7 +15,7 @@ import torch
 from .errors import CheckpointError
 from .models.build import build_model
 from .models.sam import SamModel
-from .registry import ARCHITECTURES, MODELS, DEFAULT_MODEL, ModelSpec, get_spec
+from .registry import ARCHITECTURES, DEFAULT_MODEL, ModelSpec, get_spec, is_known_model
 from .weights import ensure_weights
 
 #: Keys that some checkpoint writers add and that carry no weights of ours.
@@ -166,7 +166,7 @@ def load_model(
     if model_type is not None and model_type not in ARCHITECTURES:
         raise CheckpointError(f"Unknown model_type {model_type!r}; choose one of {', '.join(ARCHITECTURES)}.")
     key = os.fspath(name_or_path)
-    if key in MODELS and not Path(key).is_file():
+    if is_known_model(key) and not Path(key).is_file():
         spec = get_spec(key)
         if model_type is not None and model_type != spec.architecture:
             raise CheckpointError(

@@ -173,7 +173,8 @@ class Predictor:
             mask_input: low-resolution logits ``256 x 256``, ``1 x 256 x 256`` or
                 ``B x 1 x 256 x 256`` from a previous prediction.
             multimask: three masks (whole, part, subpart) if True, one if False;
-                None: the model's default (True for SAM, False for LiteMedSAM).
+                None: the model's default (True for SAM, False for LiteMedSAM), and
+                three masks for clicks alone on any model trained on clicks.
 
         Returns:
             :class:`Prediction` with masks ``C x H x W`` for a single prompt, or
@@ -183,7 +184,11 @@ class Predictor:
         if points is None and box is None and mask_input is None:
             raise PromptError("Give at least one prompt: points with labels, a box, or a mask_input.")
         if multimask is None:
-            multimask = self.spec.multimask
+            # Three masks for the ambiguous prompt (clicks alone) on models trained on
+            # clicks, as SAM's interactive loop; otherwise the model's own default.
+            multimask = self.spec.multimask or (
+                self.spec.supports_points and points is not None and box is None and mask_input is None
+            )
         batched = box is not None and np.ndim(box) == 2
         boxes_t = coords_t = labels_t = mask_t = None
         batch = 1

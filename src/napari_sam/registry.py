@@ -38,6 +38,13 @@ class ModelSpec:
         bfloat16_checked: the precision ``auto`` may run this model's encoder in
             bfloat16: its bfloat16 masks were checked against float32 on real
             images (see :mod:`napari_sam.precision`).
+        local_path: checkpoint file of a model of the user's own (fine-tuned, see
+            :mod:`napari_sam.user_models`), verified by ``sha256``; None for the
+            registry's models.
+        base_model: the registry model a fine-tuned model was trained from.
+        automatic: the automatic generator's prompts for this model, ``"points"``
+            (Meta's point grid) or ``"boxes"`` (box proposals); None: points for
+            models trained on points, else boxes (see :attr:`automatic_strategy`).
     """
 
     name: str
@@ -55,10 +62,28 @@ class ModelSpec:
     embedded_path: str | None = None
     description: str = ""
     bfloat16_checked: bool = False
+    local_path: str | None = None
+    base_model: str | None = None
+    automatic: str | None = None
 
     @property
     def supports_points(self) -> bool:
         return "points" in self.prompt_types
+
+    @property
+    def supports_masks(self) -> bool:
+        return "masks" in self.prompt_types
+
+    @property
+    def automatic_strategy(self) -> str:
+        """``"points"`` or ``"boxes"``: what ``generate_masks(strategy="auto")`` prompts with.
+
+        A fine-tuned LiteMedSAM learns clicks but keeps its 256 px input, so its
+        automatic mode keeps the base model's zoomed box proposals.
+        """
+        if self.automatic is not None:
+            return self.automatic
+        return "points" if self.supports_points else "boxes"
 
 
 _SAM_PROMPTS = ("points", "boxes", "masks")
@@ -146,22 +171,42 @@ DEFAULT_MODEL = "lite_medsam"
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Return the registry entry called ``name``.
+    """Return the registry entry called ``name``: a built-in model or one of the user's own.
+
+    The user's own models are the fine-tuned models saved in the user's model folder
+    (:mod:`napari_sam.user_models`); built-in names always win.
 
     Raises:
         UnknownModelError: with the list of known names.
     """
     from .errors import UnknownModelError
+    from .user_models import user_model_specs
 
-    try:
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        known = ", ".join(MODELS)
-        raise UnknownModelError(
-            f"Unknown model {name!r}. Known models: {known}; or give the path to a checkpoint file."
-        ) from None
+    own = user_model_specs()
+    if name in own:
+        return own[name]
+    known = ", ".join([*MODELS, *own])
+    raise UnknownModelError(
+        f"Unknown model {name!r}. Known models: {known}; or give the path to a checkpoint file."
+    ) from None
 
 
-def list_models() -> list[ModelSpec]:
-    """All registry entries, the embedded default first."""
-    return list(MODELS.values())
+def list_models(include_user: bool = True) -> list[ModelSpec]:
+    """All registry entries, the embedded default first, then the user's own models."""
+    builtin = list(MODELS.values())
+    if not include_user:
+        return builtin
+    from .user_models import user_model_specs
+
+    return builtin + list(user_model_specs().values())
+
+
+def is_known_model(name: str) -> bool:
+    """Whether ``name`` is a built-in or user model name (not a file path)."""
+    if name in MODELS:
+        return True
+    from .user_models import user_model_specs
+
+    return name in user_model_specs()

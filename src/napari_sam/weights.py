@@ -134,7 +134,8 @@ def weights_path(spec: ModelSpec, cache: str | os.PathLike[str] | None = None) -
 
     Only the size is checked here (cheap); :func:`ensure_weights` also checks the hash.
     """
-    for candidate in (embedded_weights_path(spec), cached_path(spec, cache)):
+    local = Path(spec.local_path) if spec.local_path else None
+    for candidate in (local, embedded_weights_path(spec), cached_path(spec, cache)):
         if candidate is not None and _has_expected_size(candidate, spec):
             return candidate
     return None
@@ -142,6 +143,9 @@ def weights_path(spec: ModelSpec, cache: str | os.PathLike[str] | None = None) -
 
 def describe_location(spec: ModelSpec, cache: str | os.PathLike[str] | None = None) -> str:
     """One line for ``samkit models``: where the weights are, or how to get them."""
+    if spec.local_path:
+        local = Path(spec.local_path)
+        return str(local) if _has_expected_size(local, spec) else f"damaged or missing file {local} (train again)"
     embedded = embedded_weights_path(spec)
     if embedded is not None and _has_expected_size(embedded, spec):
         return f"embedded ({spec.embedded_in})"
@@ -340,6 +344,8 @@ def _sentence(text: str) -> str:
 
 
 def _how_to_get(spec: ModelSpec) -> str:
+    if spec.local_path:
+        return f"train the model {spec.name!r} again (samkit train ... --name {spec.name})"
     command = _get_command(spec)
     if command is not None:
         return f"run `{command}`"

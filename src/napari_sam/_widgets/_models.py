@@ -44,8 +44,8 @@ class ModelPicker:
         name = model.spec.name if hasattr(model, "spec") else str(model)
         if name not in [value for _, value in self.choices()]:
             self.extra.append(name)
-            self.model_box.reset_choices()
         with self.model_box.changed.blocked(), self.device_box.changed.blocked():
+            self.model_box.reset_choices()  # models of the user's own may be new since the last look
             self.model_box.value = name
             if device is not None:
                 self.device_box.value = device

@@ -23,7 +23,7 @@ from ..automatic.planes import (
     effective_strategy, plane_indices, result_name, to_data_frame,
 )
 from ..errors import ImageError, PromptError, SamkitError
-from ..registry import DEFAULT_MODEL, MODELS
+from ..registry import DEFAULT_MODEL, get_spec, is_known_model
 from ._controls import LOAD_FILE, device_choices, model_choices
 from ._jobs import start_worker
 
@@ -170,7 +170,9 @@ class AutomaticSegmentationWidget(Container):
     def _spec(self):
         """The registry entry of the chosen model (None for a checkpoint file not loaded yet)."""
         loaded = self._models.get((self.model.value, self.device.value))
-        return loaded.spec if loaded is not None else MODELS.get(self.model.value)
+        if loaded is not None:
+            return loaded.spec
+        return get_spec(self.model.value) if is_known_model(self.model.value) else None
 
     def _update_visibility(self, *_) -> None:
         mode = self.mode.value
@@ -181,7 +183,7 @@ class AutomaticSegmentationWidget(Container):
         automatic = mode in ("everything", "edges")
         self.strategy.visible = automatic
         spec = self._spec()
-        grid = spec is None or effective_strategy(self.strategy.value, spec.supports_points) == "points"
+        grid = spec is None or effective_strategy(self.strategy.value, spec) == "points"
         for name, widget in self.params.items():
             widget.visible = automatic
             widget.enabled = grid or not AMG_PARAMETERS[name].grid_only
@@ -202,7 +204,8 @@ class AutomaticSegmentationWidget(Container):
         name = model.spec.name if hasattr(model, "spec") else str(model)
         if name not in [v for _, v in model_choices(self._extra_models)]:
             self._extra_models.append(name)
-            self.model.reset_choices()
+        with self.model.changed.blocked():
+            self.model.reset_choices()  # models of the user's own may be new since the last look
         if hasattr(model, "spec"):
             self._models[(name, self.device.value)] = model
         with self.model.changed.blocked():

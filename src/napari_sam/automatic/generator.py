@@ -118,7 +118,7 @@ def _check_parameters(
 def uses_point_grid(model: SamModel, strategy: str = "auto") -> bool:
     """Whether :func:`generate_masks` with ``strategy`` prompts ``model`` with a point grid
     (``auto``: for models trained on points) rather than box proposals."""
-    return strategy == "points" or (strategy == "auto" and bool(model.spec.supports_points))
+    return strategy == "points" or (strategy == "auto" and model.spec.automatic_strategy == "points")
 
 
 def generate_masks(

@@ -128,10 +128,10 @@ def amg_kwargs(values: Mapping[str, float] | None = None) -> dict[str, float]:
     return out
 
 
-def effective_strategy(strategy: str, supports_points: bool) -> str:
-    """``"points"`` or ``"boxes"``: what ``strategy="auto"`` means for a model."""
+def effective_strategy(strategy: str, spec) -> str:
+    """``"points"`` or ``"boxes"``: what ``strategy="auto"`` means for a model (its registry entry)."""
     if strategy == "auto":
-        return "points" if supports_points else "boxes"
+        return spec.automatic_strategy
     return strategy
 
 

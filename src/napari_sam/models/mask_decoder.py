@@ -250,7 +250,8 @@ class MaskDecoder(nn.Module):
         w1 = up1.weight.permute(2, 3, 1, 0).reshape(4 * c1, dim)
         w2 = up2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
         b1, b2 = up1.bias.repeat(4), up2.bias.repeat(4)
-        fuse_gelu = type(act2) is nn.GELU and act2.approximate == "none" and keys.device.type == "cpu"
+        fuse_gelu = (type(act2) is nn.GELU and act2.approximate == "none" and keys.device.type == "cpu"
+                     and not torch.is_grad_enabled())  # the fused kernel has no backward
         step = max(1, _UPSCALE_BYTES // (tokens * 16 * c2 * keys.element_size()))
         out = []
         for start in range(0, batch, step):

@@ -1,0 +1,120 @@
+"""One training step and one validation pass (prompt encoder + mask decoder only).
+
+A step follows the paper's interactive training on a batch of objects, each seen
+through one view (:class:`~.views.View`; objects of several views share a batch,
+each with its view's embedding): each object is first prompted by a noisy box
+(single-mask output) or by one click inside it (three outputs: the ambiguity
+masks), then ``correction_rounds`` times by a click in the error region of the
+previous mask, with the previous low-resolution logits fed back as mask prompt
+(single-mask output). The loss of every round counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..models.sam import SamModel
+from .losses import mask_iou, sam_loss
+from .prompts import correction_points, interior_points, noisy_boxes, points_inside
+from .views import View
+
+#: ``(view, object index)``: one training sample.
+Sample = tuple[View, int]
+
+
+def decode(model: SamModel, features: torch.Tensor, image_pe: torch.Tensor, coords, labels, boxes, masks,
+           multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder with gradients: ``(B x C x 256 x 256 logits, B x C IoU)``.
+
+    ``features`` is ``1 x 256 x 64 x 64`` (shared) or ``B x 256 x 64 x 64``.
+    """
+    points = None if coords is None or coords.shape[1] == 0 else (coords, labels)
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    return model.mask_decoder(
+        image_embeddings=features,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+def _stack(samples: Sequence[Sample]):
+    """Batch tensors of ``samples``: features, targets, valid masks, boxes, scale, image limits."""
+    features = torch.cat([view.embedding.features for view, _ in samples])
+    targets = torch.stack([view.targets[row] for view, row in samples])
+    valid = torch.stack([view.valid_mask for view, _ in samples])
+    boxes = torch.stack([view.boxes[row] for view, row in samples])
+    limits = torch.tensor([[view.embedding.input_size[1], view.embedding.input_size[0]] for view, _ in samples],
+                          dtype=torch.float32)
+    scale = samples[0][0].scale
+    return features, targets, valid, boxes, scale, limits
+
+
+def training_loss(
+    model: SamModel,
+    samples: Sequence[Sample],
+    *,
+    point_fraction: float,
+    box_noise: float,
+    correction_rounds: int,
+    generator: torch.Generator,
+    image_pe: torch.Tensor,
+) -> torch.Tensor:
+    """The loss of a batch of objects over all prompt rounds: a scalar with gradients.
+
+    The mean over rounds and objects of :func:`~.losses.sam_loss`.
+    """
+    features, targets, valid, boxes_all, scale, limits = _stack(samples)
+    click_first = torch.rand(len(samples), generator=generator) < point_fraction
+    total = features.new_zeros(())
+    for first_click in (False, True):
+        rows = torch.nonzero(click_first == first_click).flatten()
+        if len(rows) == 0:
+            continue
+        truth, inside, feats = targets[rows], valid[rows], features[rows]
+        if first_click:
+            coords = points_inside(truth, scale, generator)
+            labels = torch.ones(len(rows), 1, dtype=torch.long)
+            boxes = None
+        else:
+            coords = torch.zeros(len(rows), 0, 2)
+            labels = torch.zeros(len(rows), 0, dtype=torch.long)
+            boxes = noisy_boxes(boxes_all[rows], box_noise, generator, limits[rows])
+        previous = None
+        for round_index in range(correction_rounds + 1):
+            if previous is not None:
+                new_coords, new_labels = correction_points(previous > 0, truth, scale, generator)
+                coords = torch.cat([coords, new_coords], 1)
+                labels = torch.cat([labels, new_labels], 1)
+            logits, iou_pred = decode(model, feats, image_pe, coords, labels, boxes,
+                                      None if previous is None else previous[:, None],
+                                      multimask=round_index == 0 and boxes is None)
+            loss, best, _ = sam_loss(logits, iou_pred, truth, inside)
+            total = total + loss * len(rows)
+            previous = logits.detach()[torch.arange(len(best)), best]
+    return total / (len(samples) * (correction_rounds + 1))
+
+
+@torch.no_grad()
+def validate_view(model: SamModel, view: View, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-object IoU (low-res frame) from the true box, and from one click at the most interior pixel.
+
+    The click's three masks are judged by the one the model rates best (its
+    predicted IoU), as a person sees it.
+
+    Returns:
+        ``(box_iou, click_iou)``: two ``K`` tensors.
+    """
+    features = view.embedding.features
+    valid = view.valid_mask.expand(len(view), -1, -1)
+    logits, _ = decode(model, features, image_pe, None, None, view.boxes, None, multimask=False)
+    box_iou = mask_iou(logits, view.targets, valid)[:, 0]
+    coords = interior_points(view.targets, view.scale)
+    labels = torch.ones(len(view), 1, dtype=torch.long)
+    logits, iou_pred = decode(model, features, image_pe, coords, labels, None, None, multimask=True)
+    chosen = iou_pred.argmax(1)
+    click_iou = mask_iou(logits, view.targets, valid)[torch.arange(len(view)), chosen]
+    return box_iou, click_iou
