@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 #: Box sides tried around the clicks, as a fraction of the input side (``S``): from
-#: about 8 px to 87 px of a 256 px LiteMedSAM input, ratio ~1.41 between sizes.
+#: about 8 px to 197 px of a 256 px LiteMedSAM input, ratio 1.5 between sizes.
 #: Each candidate costs a decoder run on its own window of the embedding, so the
 #: list is short; the refinement step (a box fitted to the mask) adjusts size and shape.
-SIDE_FRACTIONS = tuple(float(f) for f in 0.03 * np.sqrt(2.0) ** np.arange(8))
+SIDE_FRACTIONS = tuple(float(f) for f in 0.03 * 1.5 ** np.arange(9))
 #: Aspect ratios (width / height) of the candidate boxes.
 ASPECTS = (1.0,)
 #: Margin (input pixels, at a 256 px input) added around a mask's bounding box when

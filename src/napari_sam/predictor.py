@@ -134,11 +134,25 @@ class Predictor:
             mask_input: low-resolution logits ``256 x 256``, ``1 x 256 x 256`` or
                 ``B x 1 x 256 x 256`` from a previous prediction.
             multimask: three masks (whole, part, subpart) if True, one if False;
-                None: the model's default (True for SAM, False for LiteMedSAM).
+                None: the model's default (True for SAM, False for LiteMedSAM),
+                except for clicks on a box-only model (below): up to three.
+
+        Points on a model not trained on them (``ModelSpec.supports_points`` False,
+        LiteMedSAM) become box prompts: a search over candidate boxes around the
+        positive points, bounded by ``box`` if given (:mod:`napari_sam.clicks`). It
+        returns up to three distinct masks, small to large, and as ``iou_scores``
+        their search scores (the model's predicted IoU times stability, box fit and
+        agreement with the clicks), highest for the best. Boxes are clipped to the
+        image.
 
         Returns:
             :class:`Prediction` with masks ``C x H x W`` for a single prompt, or
             ``B x C x H x W`` when ``box`` is ``B x 4`` with ``B > 1`` or 2-D.
+
+        Raises:
+            PromptError: prompts that are not numbers, of the wrong shape (points are
+                ``N x 2``: a ``2 x N`` array is refused), without labels, outside the
+                image, or several boxes with points on a box-only model.
         """
         embedding = self._require_embedding()
         if points is None and box is None and mask_input is None:
@@ -197,6 +211,8 @@ class Predictor:
         clicks_xy = to_input_coords(coords + 0.5, embedding)  # pixel centres
         positive, negative = clicks_xy[point_labels == 1], clicks_xy[point_labels == 0]
         bound = None if box is None else to_input_coords(box.reshape(2, 2), embedding).reshape(4)
+        if bound is not None and len(positive):  # the box bounds the search, but holds every positive click
+            bound = np.concatenate([np.minimum(bound[:2], positive.min(0) - 1), np.maximum(bound[2:], positive.max(0) + 1)])
         h, w = embedding.input_size
         limit = np.array([0.0, 0.0, w, h]) if bound is None else bound
 
