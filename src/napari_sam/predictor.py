@@ -217,15 +217,14 @@ class Predictor:
         limit = np.array([0.0, 0.0, w, h]) if bound is None else bound
 
         def decode(candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            # one window per box: the cost grows with the window's tokens, and most boxes are small
+            # a few calls, each on the window its boxes need (the cost grows with the window's tokens)
             tensor = torch.from_numpy(candidates).float()
-            parts = []
-            for row in range(len(candidates)):
-                window = clicks.decoding_window(candidates[row : row + 1], size, grid)
-                parts.append(decode_boxes_in_window(self.model, embedding, tensor[row : row + 1], window.rows,
-                                                    window.cols))
-            logits, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            return logits[:, 0], iou[:, 0], tensor * lowres
+            logits = torch.empty(len(candidates), LOW_RES_SIDE, LOW_RES_SIDE)
+            iou = torch.empty(len(candidates))
+            for rows, window in clicks.window_groups(candidates, size, grid):
+                part, part_iou = decode_boxes_in_window(self.model, embedding, tensor[rows], window.rows, window.cols)
+                logits[rows], iou[rows] = part[:, 0], part_iou[:, 0]
+            return logits, iou, tensor * lowres
 
         candidates = clicks.candidate_boxes(positive, negative, embedding.input_size, size, bound)
         logits, iou, boxes_lr = decode(candidates)

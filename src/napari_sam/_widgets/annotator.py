@@ -434,7 +434,7 @@ class AnnotatorWidget(Container):
             layer = L.make_labels_layer(self.viewer, self._frame)
             self.reset_choices()
             self.controls.labels.value = layer
-            self.viewer.layers.selection.active = self.boxes_layer
+            self._select_prompt_layer()
         if layer.data.shape != self._frame.shape:
             raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
                              f"{self._frame.shape}; choose 'new layer' under Labels.")
