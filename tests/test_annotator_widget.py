@@ -17,8 +17,7 @@ from scipy import ndimage as ndi
 from skimage import data as skdata
 from skimage import filters, measure, segmentation
 
-from napari_sam._widgets import AnnotatorWidget
-from napari_sam._widgets import _jobs
+from napari_sam._widgets import AnnotatorWidget, _jobs
 from napari_sam._widgets._sample_data import blobs_stack
 from napari_sam.errors import SamkitError
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from coins_reference import coin_masks, iou
 from scipy import ndimage
 
-from coins_reference import coin_masks, iou
 from napari_sam import Predictor, clicks, load_model
 from napari_sam.errors import PromptError
 

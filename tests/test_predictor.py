@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from coins_reference import box_xyxy, coin_masks, iou
+from reference import official_mobile_sam
 from skimage import data
 
-from coins_reference import box_xyxy, coin_masks, iou
 from napari_sam import Predictor, load_model
 from napari_sam.errors import ImageError, PromptError
-from reference import official_mobile_sam
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ def stability_scores(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Bounding boxes ``B x 4`` (x0, y0, x1, y1; end exclusive) of ``B x h x w`` masks; zeros if empty."""
-    b, h, w = masks.shape
+    _, h, w = masks.shape
     rows, cols = masks.any(2), masks.any(1)
     ys, xs = torch.arange(h, device=masks.device), torch.arange(w, device=masks.device)
     y0 = torch.where(rows, ys, h).amin(1)
@@ -222,7 +222,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Element-wise IoU of two ``B x 4`` box arrays (x0, y0, x1, y1)."""
     wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    area = lambda box: (box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)  # noqa: E731
+    area = lambda box: (box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)
     return inter / (area(a) + area(b) - inter).clamp(min=1e-6)
 
 

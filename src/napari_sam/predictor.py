@@ -9,10 +9,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import clicks
 from .embedding import ImageEmbedding
 from .errors import PromptError
-from . import clicks
-from .inference import decode_boxes_in_window, decode_prompts, embed_image, logits_to_image, to_input_coords
+from .inference import (
+    decode_boxes_in_window,
+    decode_prompts,
+    embed_image,
+    logits_to_image,
+    to_input_coords,
+)
 from .models.sam import SamModel
 from .preprocess import as_rgb
 from .prompt_checks import check_boxes, check_mask_input, check_points

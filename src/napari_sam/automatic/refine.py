@@ -38,7 +38,7 @@ from ..inference import decode_prompts, embed_image
 from ..models.sam import SamModel
 from ..precision import resolve_precision
 from ..preprocess import as_rgb
-from ..prompt_checks import check_boxes  # noqa: F401 - public here too (segment_boxes, the CLI)
+from ..prompt_checks import check_boxes
 from . import amg
 from .windows import plan_windows
 
