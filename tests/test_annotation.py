@@ -17,7 +17,6 @@ from napari_sam.annotation import (
     image_plane,
     next_free_id,
     points_on_plane,
-    prompts_for_model,
     spatial_shape,
 )
 from napari_sam.errors import ImageError
@@ -120,17 +119,6 @@ def test_group_prompts_without_boxes():
     assert obj.box is None and obj.has_points and obj.labels.tolist() == [1, 0]
     (obj,) = group_prompts([[1, 2]], [1], [[0, 0, 9, 9]])  # one box takes every point
     assert obj.box_index == 0 and len(obj.points) == 1
-
-
-def test_prompts_for_box_only_models():
-    objects = group_prompts([[1, 2], [50, 50]], [1, 1], [[0, 0, 9, 9]]) + group_prompts(
-        [[3, 3]], [1], np.zeros((0, 4))
-    )
-    kept, ignored = prompts_for_model(objects, supports_points=False)
-    assert ignored == 1  # the point without a box
-    assert len(kept) == 1 and kept[0].box_index == 0 and len(kept[0].points) == 2
-    same, ignored = prompts_for_model(objects, supports_points=True)
-    assert same == objects and ignored == 0
 
 
 def test_refinement_memory_feeds_back_only_when_points_are_added():

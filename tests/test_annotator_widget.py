@@ -17,8 +17,7 @@ from scipy import ndimage as ndi
 from skimage import data as skdata
 from skimage import filters, measure, segmentation
 
-from napari_sam._widgets import AnnotatorWidget
-from napari_sam._widgets import _jobs
+from napari_sam._widgets import AnnotatorWidget, _jobs
 from napari_sam._widgets._sample_data import blobs_stack
 from napari_sam.errors import SamkitError
 
@@ -111,8 +110,7 @@ def test_box_preview_commit_multi_and_undo(open_annotator, lite_medsam, coins_re
     coins, reference, boxes = coins_reference
     viewer, widget = open_annotator(coins, lite_medsam, name="coins")
     assert [layer.name for layer in viewer.layers] == ["coins", "SAM points", "SAM boxes", "SAM preview"]
-    assert viewer.layers.selection.active is widget.boxes_layer and widget.boxes_layer.mode == "add_rectangle"
-    assert "box" in widget.controls.hint.value
+    assert "boxes" in widget.controls.hint.value
 
     # one box drawn in the boxes layer -> preview at once (no waiting: the embedding exists)
     widget.boxes_layer.add_rectangles(rectangle(boxes[1]))
@@ -205,6 +203,32 @@ def test_points_toggle_ambiguity_and_refinement(open_annotator, points_model, co
     np.testing.assert_allclose(widget.points_layer.face_color[1], [1.0, 0.2, 0.2, 1.0])
     assert calls[-1]["mask_input"] is not None and calls[-1]["multimask"] is False
     assert widget.choice.n_candidates == 1
+
+
+def test_clicks_with_the_default_model_preview_and_cycle_three_masks(open_annotator, lite_medsam, coins_reference):
+    """LiteMedSAM was trained on boxes: a click becomes box prompts, N cycles small / medium / large."""
+    coins, reference, boxes = coins_reference
+    viewer, widget = open_annotator(coins, lite_medsam)
+    assert viewer.layers.selection.active is widget.points_layer and widget.points_layer.mode == "add"
+    assert "click" in widget.controls.hint.value
+    assert not widget.controls.next_mask.native.isHidden()
+    coin = reference == 14
+    distance = ndi.distance_transform_edt(coin)
+    centre = np.unravel_index(int(np.argmax(distance)), coin.shape)  # (row, col), as a mouse click
+    widget.points_layer.add(centre)
+    widget.wait_until_ready()
+    assert iou(widget.preview_layer.data > 0, coin) > 0.85  # the best mask first
+    n = widget.choice.n_candidates
+    assert n >= 2, widget._predictions[0].iou_scores
+    shown = [widget.preview_masks[0].copy()]
+    for _ in range(n - 1):
+        viewer.window._qt_viewer._key_map_handler.press_key("N")
+        shown.append(widget.preview_masks[0].copy())
+    assert all(iou(a, b) < 0.9 for i, a in enumerate(shown) for b in shown[i + 1:])  # distinct masks
+    widget.controls.next_mask.clicked.emit()  # the button: back to the best
+    assert iou(widget.preview_masks[0], shown[0]) == 1.0 and "mask" in widget.controls.mask_info.value
+    assert widget.commit() == [1]
+    assert iou(viewer.layers["SAM labels"].data == 1, coin) > 0.85
 
 
 @dataclass
@@ -343,10 +367,10 @@ def test_bad_inputs_become_notifications(make_napari_viewer, lite_medsam, tmp_pa
     widget.controls.commit.clicked.emit()  # no prompt
     assert any("Nothing to commit" in m for m in new_notifications(start))
 
-    widget.points_layer.add([100, 100])  # a click with a box-only model: said once
-    widget.points_layer.add([120, 100])
+    widget.points_layer.add([100, 100])  # a click with the box-only default: a preview, no notice
     widget.wait_until_ready()
-    assert sum("trained on boxes" in m for m in new_notifications(start)) == 1
+    assert widget.preview_layer.data.any() and not any("trained on boxes" in m for m in new_notifications(start))
+    widget.clear_prompts()
 
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"not a checkpoint")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from coins_reference import box_xyxy, coin_masks, iou
+from reference import official_mobile_sam
 from skimage import data
 
-from coins_reference import box_xyxy, coin_masks, iou
 from napari_sam import Predictor, load_model
 from napari_sam.errors import ImageError, PromptError
-from reference import official_mobile_sam
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,25 @@ def test_mask_input_refines_and_multimask_switch(coins_predictor):
     assert three.masks.shape[0] == 3 and three.iou_scores.shape == (3,)
 
 
-def test_points_on_a_box_only_model_warn(coins_predictor):
+def test_points_on_a_box_only_model_give_the_clicked_coin(coins_predictor):
     predictor, image, regions = coins_predictor
-    y, x = regions[0].centroid
-    with pytest.warns(UserWarning, match="trained on box prompts only"):
-        predictor.predict(points=[[x, y]], labels=[1])
+    region = max(regions, key=lambda r: r.area)
+    reference = np.zeros(image.shape, bool)
+    reference[tuple(region.coords.T)] = True
+    y, x = region.centroid
+    masks, scores, logits = predictor.predict(points=[[x, y]], labels=[1])  # no warning: box search
+    assert 1 <= len(masks) <= 3 and scores.shape == (len(masks),) and logits.shape == (len(masks), 256, 256)
+    assert iou(masks[int(np.argmax(scores))], reference) >= 0.9
+
+
+def test_boxes_are_clipped_to_the_image(coins_predictor):
+    predictor, image, regions = coins_predictor  # coins: 384 x 303 (width x height)
+    inside = predictor.predict(box=[320, 240, 384, 303]).masks[0].sum()
+    assert predictor.predict(box=[320, 240, 2000, 2000]).masks[0].sum() == inside
+    region = regions[0]
+    x0, y0, x1, y1 = box_xyxy(region)
+    far = predictor.predict(box=[-1e9, -1e9, x1, y1]).masks[0]
+    assert far.sum() == predictor.predict(box=[0, 0, x1, y1]).masks[0].sum() and far.any()
 
 
 @pytest.mark.parametrize(
@@ -73,6 +87,14 @@ def test_points_on_a_box_only_model_warn(coins_predictor):
         (dict(points=[[10, 10], [20, 20]], labels=[1]), "2 points but 1 labels"),
         (dict(points=[[10, 10]], labels=[2]), "1 \\(foreground\\) or 0"),
         (dict(box=[10, 10, 50, 50], mask_input=np.zeros((64, 64))), "256 x 256"),
+        (dict(box="10 10 50 50"), "must be numbers"),
+        (dict(box=np.zeros((0, 4))), "No boxes"),
+        (dict(box=[1, 2, 3, 4, 5]), r"\(x0, y0, x1, y1\)"),
+        (dict(points="10,10", labels=[1]), "must be numbers"),
+        (dict(points=[[10, 20, 30], [40, 50, 60]], labels=[1, 1]), "N x 2.*transpose"),
+        (dict(points=[10, 20, 30], labels=[1]), "N x 2"),
+        (dict(points=[[10, 10]], labels=["yes"]), "must be numbers"),
+        (dict(box=[10, 10, 50, 50], mask_input="logits"), "must be numbers"),
     ],
 )
 def test_bad_prompts(coins_predictor, kwargs, message):

@@ -288,24 +288,6 @@ def group_prompts(
     ]
 
 
-def prompts_for_model(objects: list[ObjectPrompt], supports_points: bool) -> tuple[list[ObjectPrompt], int]:
-    """Adapt objects to a model: a box-only model (LiteMedSAM) needs a box per object.
-
-    Such a model segments nothing from points alone, but points inside a box still
-    help it a little (on skimage's coins, mean IoU 0.951 with a box, 0.960 with a
-    box and a centre point). So objects without a box are dropped; the others keep
-    their points.
-
-    Returns:
-        ``(objects, ignored_points)``: ``ignored_points`` counts the points left
-        out, so the GUI can say why they do nothing.
-    """
-    if supports_points:
-        return list(objects), 0
-    kept = [o for o in objects if o.box is not None]
-    return kept, sum(len(o.points) for o in objects if o.box is None)
-
-
 class MaskChoice:
     """Which candidate mask each object shows (SAM's whole / part / subpart outputs).
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from . import clicks
 from .embedding import ImageEmbedding
 from .errors import PromptError
-from .inference import decode_prompts, embed_image, logits_to_image, to_input_coords
+from .inference import (
+    decode_boxes_in_window,
+    decode_prompts,
+    embed_image,
+    logits_to_image,
+    to_input_coords,
+)
 from .models.sam import SamModel
 from .preprocess import as_rgb
+from .prompt_checks import check_boxes, check_mask_input, check_points
 
 #: Side of the low-resolution logits the decoder returns (and accepts as mask_input).
 LOW_RES_SIDE = 256
@@ -115,46 +122,6 @@ class Predictor:
             raise PromptError("No image is set: call set_image(image) before predict().")
         return self._embedding
 
-    def _check_boxes(self, box, embedding: ImageEmbedding) -> np.ndarray:
-        boxes = np.asarray(box, dtype=np.float64)
-        if boxes.ndim == 1:
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise PromptError(f"A box is (x0, y0, x1, y1); got an array of shape {np.shape(box)}.")
-        if not np.isfinite(boxes).all():
-            raise PromptError("Box coordinates must be finite numbers (found NaN or infinity).")
-        boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-        h, w = embedding.original_size
-        outside = (boxes[:, 2] < 0) | (boxes[:, 3] < 0) | (boxes[:, 0] > w) | (boxes[:, 1] > h)
-        if outside.any():
-            first = boxes[np.flatnonzero(outside)[0]].tolist()
-            raise PromptError(
-                f"{int(outside.sum())} box(es) lie entirely outside the {w} x {h} (width x height) image, "
-                f"e.g. {first}. Boxes are (x0, y0, x1, y1) in pixels."
-            )
-        return boxes
-
-    def _check_points(self, points, labels, embedding: ImageEmbedding) -> tuple[np.ndarray, np.ndarray]:
-        coords = np.asarray(points, dtype=np.float64).reshape(-1, 2) if np.size(points) else None
-        if coords is None:
-            raise PromptError("points is empty; give at least one (x, y) point or use a box.")
-        if labels is None:
-            raise PromptError("points need labels: 1 for foreground, 0 for background, one per point.")
-        label_array = np.asarray(labels).reshape(-1)
-        if label_array.shape[0] != coords.shape[0]:
-            raise PromptError(f"Got {coords.shape[0]} points but {label_array.shape[0]} labels; give one label per point.")
-        if not np.isin(label_array, (0, 1)).all():
-            raise PromptError(f"Point labels must be 1 (foreground) or 0 (background); got {sorted(set(label_array.tolist()))}.")
-        if not np.isfinite(coords).all():
-            raise PromptError("Point coordinates must be finite numbers (found NaN or infinity).")
-        if self.spec.supports_points is False:
-            warnings.warn(
-                f"Model {self.spec.name!r} was trained on box prompts only; point prompts give poor masks. "
-                "Draw a box around the object, or use a SAM model (vit_b, vit_t).",
-                stacklevel=3,
-            )
-        return coords, label_array.astype(np.int64)
-
     def predict(
         self,
         points: np.ndarray | Sequence | None = None,
@@ -173,44 +140,62 @@ class Predictor:
             mask_input: low-resolution logits ``256 x 256``, ``1 x 256 x 256`` or
                 ``B x 1 x 256 x 256`` from a previous prediction.
             multimask: three masks (whole, part, subpart) if True, one if False;
-                None: the model's default (True for SAM, False for LiteMedSAM), and
-                three masks for clicks alone on any model trained on clicks.
+                None: the model's default (True for SAM, False for LiteMedSAM),
+                three masks for clicks alone on any model trained on clicks, and for
+                clicks on a box-only model (below) up to three.
+
+        Points on a model not trained on them (``ModelSpec.supports_points`` False,
+        LiteMedSAM) become box prompts: a search over candidate boxes around the
+        positive points, bounded by ``box`` if given (:mod:`napari_sam.clicks`). It
+        returns up to three distinct masks, small to large, and as ``iou_scores``
+        their search scores (the model's predicted IoU times stability, box fit and
+        agreement with the clicks), highest for the best. Boxes are clipped to the
+        image.
 
         Returns:
             :class:`Prediction` with masks ``C x H x W`` for a single prompt, or
             ``B x C x H x W`` when ``box`` is ``B x 4`` with ``B > 1`` or 2-D.
+
+        Raises:
+            PromptError: prompts that are not numbers, of the wrong shape (points are
+                ``N x 2``: a ``2 x N`` array is refused), without labels, outside the
+                image, or several boxes with points on a box-only model.
         """
         embedding = self._require_embedding()
         if points is None and box is None and mask_input is None:
             raise PromptError("Give at least one prompt: points with labels, a box, or a mask_input.")
+        boxes = None if box is None else check_boxes(box, embedding.original_size)
+        batched = boxes is not None and np.ndim(box) == 2
+        batch = 1 if boxes is None else boxes.shape[0]
+        coords = point_labels = None
+        if points is not None:
+            coords, point_labels = check_points(points, labels)
+        mask = None if mask_input is None else check_mask_input(mask_input, LOW_RES_SIDE, batch)
+        if coords is not None and not self.spec.supports_points:
+            if batch > 1:
+                raise PromptError(
+                    f"{self.spec.name} turns clicks into box prompts one object at a time: give one box with "
+                    "the points (or call predict once per box)."
+                )
+            if mask is not None:
+                raise PromptError(f"{self.spec.name} was not trained on mask prompts; drop mask_input with points.")
+            result = self._predict_clicks(embedding, coords, point_labels, None if boxes is None else boxes[0],
+                                          multimask is not False)
+            return Prediction(*(array[None] for array in result)) if batched else result
         if multimask is None:
             # Three masks for the ambiguous prompt (clicks alone) on models trained on
             # clicks, as SAM's interactive loop; otherwise the model's own default.
             multimask = self.spec.multimask or (
                 self.spec.supports_points and points is not None and box is None and mask_input is None
             )
-        batched = box is not None and np.ndim(box) == 2
         boxes_t = coords_t = labels_t = mask_t = None
-        batch = 1
-        if box is not None:
-            boxes = self._check_boxes(box, embedding)
-            batch = boxes.shape[0]
+        if boxes is not None:
             boxes_t = torch.from_numpy(to_input_coords(boxes.reshape(-1, 2, 2), embedding).reshape(-1, 4)).float()
-        if points is not None:
-            coords, point_labels = self._check_points(points, labels, embedding)
+        if coords is not None:
             coords_t = torch.from_numpy(to_input_coords(coords, embedding)).float()[None].expand(batch, -1, -1)
             labels_t = torch.from_numpy(point_labels)[None].expand(batch, -1)
-        if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32)
-            if mask_t.shape[-2:] != (LOW_RES_SIDE, LOW_RES_SIDE):
-                raise PromptError(
-                    f"mask_input must be 256 x 256 low-resolution logits (from a previous prediction's "
-                    f"low_res_logits); got shape {tuple(mask_t.shape)}."
-                )
-            mask_t = mask_t.reshape(-1, 1, LOW_RES_SIDE, LOW_RES_SIDE)
-            if mask_t.shape[0] not in (1, batch):
-                raise PromptError(f"Got {mask_t.shape[0]} mask inputs for {batch} prompts.")
-            mask_t = mask_t.expand(batch, -1, -1, -1)
+        if mask is not None:
+            mask_t = torch.from_numpy(mask).expand(batch, -1, -1, -1)
         low_res, iou = decode_prompts(
             self.model, embedding, coords_t, labels_t, boxes_t, mask_t, multimask=multimask
         )
@@ -219,3 +204,56 @@ class Predictor:
         if batched:
             return result
         return Prediction(*(array[0] for array in result))
+
+    def _predict_clicks(
+        self, embedding: ImageEmbedding, coords: np.ndarray, point_labels: np.ndarray, box: np.ndarray | None,
+        multimask: bool,
+    ) -> Prediction:
+        """Clicks on a box-only model: the box prompts that explain them (see :mod:`napari_sam.clicks`).
+
+        Two decoder calls on a window of the embedding: the candidate boxes, then the
+        bounding boxes of the best distinct masks (a box fitted to the object is what
+        the model was trained on). Returns up to three masks, small to large, with
+        their click scores as ``iou_scores`` (the best scores highest), or the best one.
+        """
+        size = self.spec.image_size
+        lowres = LOW_RES_SIDE / size  # low-resolution logit pixels per input pixel
+        grid = embedding.features.shape[-1]
+        clicks_xy = to_input_coords(coords + 0.5, embedding)  # pixel centres
+        positive, negative = clicks_xy[point_labels == 1], clicks_xy[point_labels == 0]
+        bound = None if box is None else to_input_coords(box.reshape(2, 2), embedding).reshape(4)
+        if bound is not None and len(positive):  # the box bounds the search, but holds every positive click
+            bound = np.concatenate([np.minimum(bound[:2], positive.min(0) - 1), np.maximum(bound[2:], positive.max(0) + 1)])
+        h, w = embedding.input_size
+        limit = np.array([0.0, 0.0, w, h]) if bound is None else bound
+
+        def decode(candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # a few calls, each on the window its boxes need (the cost grows with the window's tokens)
+            tensor = torch.from_numpy(candidates).float()
+            logits = torch.empty(len(candidates), LOW_RES_SIDE, LOW_RES_SIDE)
+            iou = torch.empty(len(candidates))
+            for rows, window in clicks.window_groups(candidates, size, grid):
+                part, part_iou = decode_boxes_in_window(self.model, embedding, tensor[rows], window.rows, window.cols)
+                logits[rows], iou[rows] = part[:, 0], part_iou[:, 0]
+            return logits, iou, tensor * lowres
+
+        candidates = clicks.candidate_boxes(positive, negative, embedding.input_size, size, bound)
+        logits, iou, boxes_lr = decode(candidates)
+        scores = clicks.score_candidates(logits, iou, boxes_lr, positive * lowres, negative * lowres)
+        top = clicks.distinct_answers(logits, scores.score, k=clicks.REFINE_TOP, min_relative=0.0)
+        refined = clicks.refinement_boxes(logits, torch.tensor(top), clicks.REFINE_MARGIN * size / 256 * lowres)
+        refined = refined.numpy().astype(np.float64) / lowres
+        refined = np.concatenate([np.maximum(refined[:, :2], limit[:2]), np.minimum(refined[:, 2:], limit[2:])], 1)
+        refined = refined[((refined[:, 2:] - refined[:, :2]) >= 1.0).all(1)]
+        if len(refined):
+            more, more_iou, more_boxes = decode(refined)
+            more_scores = clicks.score_candidates(more, more_iou, more_boxes, positive * lowres, negative * lowres)
+            logits = torch.cat([logits, more])
+            score = torch.cat([scores.score, more_scores.score])
+        else:
+            score = scores.score
+        chosen = clicks.distinct_answers(logits, score, k=3 if multimask else 1)
+        chosen.sort(key=lambda i: int((logits[i] > 0).sum()))  # small / medium / large
+        low_res = logits[chosen][:, None]
+        masks = logits_to_image(low_res, embedding)[:, 0] > 0.0
+        return Prediction(masks.cpu().numpy(), score[chosen].float().cpu().numpy(), low_res[:, 0].float().cpu().numpy())

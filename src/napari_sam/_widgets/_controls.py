@@ -31,7 +31,7 @@ def model_choices(extra_paths: list[str]) -> list[tuple[str, str]]:
     """Registry models (with their prompt types), loaded files, and the file entry."""
     choices = []
     for spec in list_models():
-        kinds = "boxes only" if not spec.supports_points else "points + boxes"
+        kinds = "boxes; clicks by box search" if not spec.supports_points else "points + boxes"
         where = "embedded" if spec.embedded_in else "download"
         choices.append((f"{spec.name} ({kinds}, {where})", spec.name))
     choices += [(path, path) for path in extra_paths]
@@ -64,8 +64,8 @@ class Controls:
         )
         self.model = ComboBox(
             label="Model", choices=model_choices_fn,
-            tooltip="Segment Anything model. lite_medsam is embedded and fast (boxes only); "
-            "vit_b / vit_t also take point clicks (downloaded on first use).",
+            tooltip="Segment Anything model. lite_medsam is embedded and fast (trained on boxes: "
+            "clicks become box prompts); vit_b / vit_t take clicks natively (downloaded on first use).",
         )
         self.device = ComboBox(label="Device", choices=device_choices(), tooltip="Where the model runs.")
         self.hint = Label(value="")
@@ -78,7 +78,8 @@ class Controls:
         )
         self.next_mask = PushButton(
             text=f"Next mask [{key_text('next_mask')}]",
-            tooltip=f"Cycle the three candidate masks (whole, part, subpart) of SAM models "
+            tooltip=f"Cycle the candidate masks of a click (whole, part, subpart; small / medium / large "
+            f"for lite_medsam) "
             f"({key_text('next_mask')}). The best by predicted IoU is shown first.",
         )
         self.mask_info = Label(value="")

@@ -35,9 +35,7 @@ def _predict(predictor, objects, memory):
     from ..interactive import predict_objects
 
     start = time.perf_counter()
-    with warnings.catch_warnings():  # the box-only hint is shown once by the widget
-        warnings.simplefilter("ignore", UserWarning)
-        predictions = predict_objects(predictor, objects, memory)
+    predictions = predict_objects(predictor, objects, memory)
     return predictions, time.perf_counter() - start
 
 

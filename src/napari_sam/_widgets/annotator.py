@@ -19,7 +19,7 @@ from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..annotation import MaskChoice, commit_masks, image_plane, prompts_for_model
+from ..annotation import MaskChoice, commit_masks, image_plane
 from ..embedding import EmbeddingCache, image_key
 from ..errors import ImageError, PromptError, SamkitError
 from ..interactive import RefinementMemory
@@ -60,7 +60,6 @@ class AnnotatorWidget(Container):
         self._geometry = None
         self._wanted_key = self._ready_key = None
         self._last_error: str | None = None
-        self._warned_points = False
         self._last_commit_layer = self._watched_image = None
         self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache)
         self._previews = LatestJobs(self._on_preview_result,
@@ -194,15 +193,11 @@ class AnnotatorWidget(Container):
         self._on_dims()
 
     def _select_prompt_layer(self) -> None:
-        """Make the prompt layer the model uses active, in its drawing mode."""
-        if self.boxes_layer is None:
+        """Make the points layer active, in its adding mode: every model takes clicks."""
+        if self.points_layer is None:
             return
-        if self.predictor is not None and not self.predictor.spec.supports_points:
-            self.viewer.layers.selection.active = self.boxes_layer
-            self.boxes_layer.mode = "add_rectangle"
-        else:
-            self.viewer.layers.selection.active = self.points_layer
-            self.points_layer.mode = "add"
+        self.viewer.layers.selection.active = self.points_layer
+        self.points_layer.mode = "add"
 
     # ------------------------------------------------------------------ model
 
@@ -218,12 +213,10 @@ class AnnotatorWidget(Container):
         self._last_error = None
         spec = model.spec
         self.controls.hint.value = (
-            f"{spec.name}: draw boxes in '{L.BOXES_NAME}' (R); it needs a box per object "
-            f"(points in '{L.POINTS_NAME}' only refine a box)."
-            if not spec.supports_points else
             f"{spec.name}: click in '{L.POINTS_NAME}' (P) and/or draw boxes in '{L.BOXES_NAME}' (R)."
+            + ("" if spec.supports_points else
+               " Trained on boxes: clicks become the box prompts that explain them, three sizes (N).")
         )
-        self._warned_points = False
         self.memory.clear()
         self._wanted_key = None
         self._select_prompt_layer()
@@ -343,13 +336,7 @@ class AnnotatorWidget(Container):
         self._shown_version = version
 
     def _current_objects(self):
-        objects, ignored = prompts_for_model(self.prompts.objects(self._geometry), self.predictor.spec.supports_points)
-        if ignored and not self._warned_points:
-            self._warned_points = True
-            self._report(f"{self.predictor.spec.name} was trained on boxes: points alone segment nothing. "
-                         f"Draw a box around the object in '{L.BOXES_NAME}' (points inside it refine it), "
-                         "or choose vit_b or vit_t for click-only prompts.", level="info")
-        return objects
+        return self.prompts.objects(self._geometry)
 
     def update_preview(self) -> np.ndarray:
         """Predict masks from the prompts on the current plane and show them.
@@ -447,7 +434,7 @@ class AnnotatorWidget(Container):
             layer = L.make_labels_layer(self.viewer, self._frame)
             self.reset_choices()
             self.controls.labels.value = layer
-            self.viewer.layers.selection.active = self.boxes_layer
+            self._select_prompt_layer()
         if layer.data.shape != self._frame.shape:
             raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
                              f"{self._frame.shape}; choose 'new layer' under Labels.")

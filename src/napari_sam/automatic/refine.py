@@ -38,6 +38,7 @@ from ..inference import decode_prompts, embed_image
 from ..models.sam import SamModel
 from ..precision import resolve_precision
 from ..preprocess import as_rgb
+from ..prompt_checks import check_boxes
 from . import amg
 from .windows import plan_windows
 
@@ -93,50 +94,6 @@ def mask_box(obj: RefinedObject) -> np.ndarray:
     cols = np.flatnonzero(mask.any(0))
     x0, y0 = obj.region[:2]
     return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1], dtype=np.float64)
-
-
-def check_boxes(boxes, shape: tuple[int, int]) -> np.ndarray:
-    """Validate ``N x 4`` (x0, y0, x1, y1) pixel boxes and clip them to the image.
-
-    Corners may come in any order. Raises :class:`PromptError` for a wrong shape,
-    NaN or infinite values, boxes of zero width or height, and boxes entirely
-    outside the ``H x W`` image.
-
-    Returns:
-        ``N x 4`` float64 boxes with ``x0 < x1``, ``y0 < y1``, inside ``[0, W] x [0, H]``.
-    """
-    array = np.asarray(boxes, dtype=np.float64) if np.size(boxes) else np.zeros((0, 4))
-    if array.ndim == 1 and array.size == 4:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise PromptError(
-            f"Boxes must be an N x 4 array of (x0, y0, x1, y1) pixel coordinates; got shape {np.shape(boxes)}."
-        )
-    if array.shape[0] == 0:
-        raise PromptError("No boxes were given; give at least one (x0, y0, x1, y1) box.")
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array).all(1))[0])
-        raise PromptError(f"Box {bad} has a NaN or infinite coordinate ({array[bad].tolist()}).")
-    lo = np.minimum(array[:, :2], array[:, 2:])
-    hi = np.maximum(array[:, :2], array[:, 2:])
-    h, w = shape
-    outside = (hi[:, 0] <= 0) | (hi[:, 1] <= 0) | (lo[:, 0] >= w) | (lo[:, 1] >= h)
-    if outside.any():
-        bad = int(np.flatnonzero(outside)[0])
-        raise PromptError(
-            f"{int(outside.sum())} box(es) lie entirely outside the {w} x {h} (width x height) image, "
-            f"e.g. box {bad} = {array[bad].tolist()}. Boxes are (x0, y0, x1, y1) in pixels."
-        )
-    lo = np.maximum(lo, 0.0)
-    hi = np.minimum(hi, [w, h])
-    flat = (hi - lo < 1.0).any(1)
-    if flat.any():
-        bad = int(np.flatnonzero(flat)[0])
-        raise PromptError(
-            f"{int(flat.sum())} box(es) have zero width or height inside the image, e.g. box {bad} = "
-            f"{array[bad].tolist()}; a box needs at least one pixel along x and y."
-        )
-    return np.concatenate([lo, hi], axis=1)
 
 
 # --------------------------------------------------------------------- decoding
