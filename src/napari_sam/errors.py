@@ -14,6 +14,13 @@ class SamkitError(Exception):
     exit_code = 1
 
 
+class Cancelled(Exception):
+    """Raised by long computations (embeddings, generators) when their ``cancel`` callback said so.
+
+    Not an error: nothing was wrong, the person asked to stop.
+    """
+
+
 class CheckpointError(SamkitError):
     """A checkpoint file is missing, broken, or of an unexpected architecture."""
 
@@ -46,5 +53,17 @@ class PromptError(SamkitError):
 
 class InputFileError(SamkitError):
     """An input file (image, CSV, labels) that cannot be read."""
+
+    exit_code = 2
+
+
+class StoreError(SamkitError):
+    """An embedding store that cannot be used: not a store, or unreadable."""
+
+    exit_code = 2
+
+
+class StoreMismatchError(StoreError):
+    """An embedding store made for another image, model, precision or version."""
 
     exit_code = 2
