@@ -173,13 +173,17 @@ class EmbeddingStore:
         except Exception:  # noqa: BLE001 - missing, or metadata that does not parse: not there
             return None
 
-    def get(self, key: EmbeddingKey) -> ImageEmbedding | None:
+    def get(self, key: EmbeddingKey, memory: bool = True) -> ImageEmbedding | None:
         """The stored embedding of ``key`` (memory first, then disk), or None if it is not complete.
+
+        Args:
+            memory: look in the memory cache first (False: on disk only; a cache
+                shared with other users may hold embeddings that were never written).
 
         Raises:
             StoreMismatchError: ``key`` is for another image, model, precision or version.
         """
-        cached = self.cache.get(key)
+        cached = self.cache.get(key) if memory else None
         if cached is not None:
             return cached
         self.bind(key)

@@ -76,6 +76,7 @@ class AnnotatorWidget(Container):
                                   model_files, self.native)
         c.image.changed.connect(self._on_image_changed)
         c.channels_first.changed.connect(self._on_image_changed)
+        c.store.changed.connect(lambda *_: self._gui(self._on_store_changed))
         c.point_label.clicked.connect(lambda: self._gui(self.toggle_point_label))
         c.next_mask.clicked.connect(lambda: self._gui(self.cycle_mask))
         c.commit.clicked.connect(lambda: self._gui(self.commit))
@@ -293,6 +294,13 @@ class AnnotatorWidget(Container):
         if self._store is None or self._store.path != path:
             self._store = EmbeddingStore(path, cache=self.cache)
         return self._store
+
+    def _on_store_changed(self) -> None:
+        """A store folder was chosen: keep the plane on screen there too (later planes are written as computed)."""
+        if self.ready and self.predictor.embedding is not None:
+            store = self._embedding_store(self._ready_key)
+            if store is not None and store.get(self._ready_key, memory=False) is None:
+                store.put(self.predictor.embedding)
 
     def _on_embedding(self, key, embedding) -> None:
         if key != self._wanted_key or self.predictor is None:
