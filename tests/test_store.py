@@ -20,8 +20,14 @@ from torch import nn
 from napari_sam import load_model
 from napari_sam.cli import main
 from napari_sam.embed import compute_embeddings, embed_one
-from napari_sam.embedding import (EmbeddingCache, EmbeddingKey, image_signature, lazy_signature, model_identity,
-                                  plane_view)
+from napari_sam.embedding import (
+    EmbeddingCache,
+    EmbeddingKey,
+    image_signature,
+    lazy_signature,
+    model_identity,
+    plane_view,
+)
 from napari_sam.errors import Cancelled, StoreError, StoreMismatchError
 from napari_sam.inference import embed_image
 from napari_sam.preprocess import as_rgb
@@ -289,7 +295,7 @@ def test_store_in_folder_keeps_one_store_per_image_and_model(fast_model, tmp_pat
     key = EmbeddingKey.create(image_signature(image), fast_model, "float32")
     where = store_in_folder(tmp_path, key, "my image")
     assert where.parent == tmp_path and where.name.startswith("my_image-lite_medsam-float32-")
-    store = EmbeddingStore.open(where, key)
+    EmbeddingStore.open(where, key)
     assert is_store(where) and store_in_folder(where, key) == where  # a store is used as it is
 
 

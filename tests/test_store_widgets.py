@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_store import CountingEncoder, stack
 
 from napari_sam._widgets import AnnotatorWidget
 from napari_sam._widgets.automatic import AutomaticSegmentationWidget
 from napari_sam.store import EmbeddingStore, is_store
-from test_store import CountingEncoder, stack
 
 pytestmark = pytest.mark.gui
 
@@ -64,7 +64,7 @@ def test_annotator_keeps_and_reuses_plane_embeddings_in_the_store(make_napari_vi
     assert path.name.startswith("blobs-lite_medsam-") and len(EmbeddingStore(path)) == 3
     assert widgets[1].predictor.embedding.key.plane == (0,)
     for widget in widgets:
-        qtbot.waitUntil(lambda: not widget._jobs.busy and not widget.models.busy, timeout=300_000)
+        qtbot.waitUntil(lambda w=widget: not w._jobs.busy and not w.models.busy, timeout=300_000)
 
 
 def test_automatic_widget_run_twice_reads_the_store(make_napari_viewer, fast_model, qtbot, tmp_path):

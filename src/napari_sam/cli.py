@@ -334,7 +334,7 @@ def _cmd_segment(args) -> int:
     _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
                      f"{precision} image encoder)")
     store, key = _open_store(args, image, model, precision, prep)
-    stored = dict(store=store, key=key)
+    stored = {"store": store, "key": key}
 
     if args.labels:
         from .automatic import segment_from_labels

@@ -156,8 +156,8 @@ class EmbeddingStore:
 
     def _mismatch(self, existing: dict, wanted: dict) -> StoreMismatchError:
         differ = [name for name in _WHAT if existing.get(name) != wanted.get(name)]
-        lines = [f"The embedding store {self.path} was made for another "
-                 f"{' and '.join(_WHAT[name] for name in differ)}:"]
+        what = " and ".join(_WHAT[name] for name in differ)
+        lines = [f"The embedding store {self.path} was made for another {what}:"]
         lines += [f"  {name}: store has {existing.get(name)!r}, this run needs {wanted.get(name)!r}" for name in differ]
         lines.append("Give a new folder for this image and model (one store per image, model and precision), "
                      "or overwrite the store (overwrite=True; samkit embed --overwrite) to start it afresh.")

@@ -32,7 +32,6 @@ from ._models import ModelPicker
 from ._prompts import PromptLayers
 from ._report import error_message, notify_errors
 
-
 #: Previews slower than this (seconds, the last one measured) are computed in a worker.
 SYNC_PREVIEW_SECONDS = 0.1
 

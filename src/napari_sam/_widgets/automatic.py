@@ -14,18 +14,35 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
-                              SpinBox)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..automatic.planes import (
-    AMG_PARAMETERS, MODES, STRATEGY_HELP, StackRequest, boxes_from_shapes, check_rough_labels,
-    effective_strategy, plane_indices, result_name, to_data_frame,
+    AMG_PARAMETERS,
+    MODES,
+    STRATEGY_HELP,
+    StackRequest,
+    boxes_from_shapes,
+    check_rough_labels,
+    effective_strategy,
+    plane_indices,
+    result_name,
+    to_data_frame,
 )
 from ..errors import ImageError, PromptError, SamkitError
-from ..store import STORE_HELP
 from ..registry import DEFAULT_MODEL, MODELS
+from ..store import STORE_HELP
 from ._controls import LOAD_FILE, device_choices, model_choices
 from ._jobs import start_worker
 
