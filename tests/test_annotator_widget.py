@@ -334,7 +334,7 @@ def test_stack_planes_cache_and_label_volume(open_annotator, lite_medsam, qtbot)
     assert not widget.ready
     widget.wait_until_ready(timeout=300)
     qtbot.waitUntil(lambda: not widget._jobs.busy, timeout=300_000)
-    assert widget._ready_key[1] == (12,)
+    assert widget._ready_key.plane == (12,)
     assert widget.predictor.embedding is widget.cache.get(widget._ready_key)
     truth12 = measure.label(stack[12] > 120)
     region = max(measure.regionprops(truth12), key=lambda r: r.area)
@@ -345,7 +345,7 @@ def test_stack_planes_cache_and_label_volume(open_annotator, lite_medsam, qtbot)
 
     # back to plane 5: the embedding comes from the cache at once
     viewer.dims.set_current_step(0, 5)
-    assert widget.ready and widget._ready_key[1] == (5,)
+    assert widget.ready and widget._ready_key.plane == (5,)
     assert len(widget.cache) >= 3
 
 

@@ -135,7 +135,7 @@ def fake_planes(monkeypatch):
     """Replace the model call: plane k of the stack gets objects 1..k+1 (a square each)."""
     calls = []
 
-    def segment_plane(request, model, plane, image, progress, cancel):
+    def segment_plane(request, model, plane, image, progress, cancel, store=None, key=None):
         calls.append(plane)
         progress(1, 2)
         out = np.zeros(image.shape[:2], np.uint32)

@@ -3,7 +3,9 @@
 ``samkit models`` lists the models and where their weights are, ``samkit download
 NAME`` fetches one, ``samkit segment IMAGE -o LABELS.tif`` segments an image
 (automatically, or from ``--boxes``/``--points`` CSV files or rough ``--labels``),
-``samkit sample NAME -o FILE`` writes a sample image to try it on.
+``samkit sample NAME -o FILE`` writes a sample image to try it on, ``samkit embed IMAGE
+--store DIR`` precomputes the image embeddings into a store that ``samkit segment
+--store DIR`` (and the napari widgets) reuse.
 
 Heavy modules (torch, scikit-image) are imported only by the command that needs
 them, so ``samkit --help`` answers at once. Errors print one message a person can
@@ -108,7 +110,31 @@ def _parser() -> argparse.ArgumentParser:
                               "with --boxes -1: LiteMedSAM's zoomed masks run a little small; with --labels 0, "
                               "Meta's)")
     segment.add_argument("--device", help="torch device (default: cpu)")
+    segment.add_argument("--store", help="embedding store folder (from samkit embed): embeddings are read from it, "
+                                         "and written to it when missing (created if missing)")
     segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    embed = sub.add_parser(
+        "embed",
+        help="precompute the image embeddings of an image or stack into a store folder",
+        description="Compute the image encoder's embedding of every plane of IMAGE (or of --planes) and write "
+        "each one to the store folder DIR as soon as it is computed: an interrupted run resumes where it stopped. "
+        "samkit segment --store DIR and the napari widgets' store setting reuse it. One store holds one image "
+        "under one model and precision.",
+    )
+    embed.add_argument("image", help="input image or stack (TIFF, PNG or JPEG)")
+    embed.add_argument("--store", required=True, help="store folder (created if missing)")
+    embed.add_argument("--model", default="lite_medsam", help="registry name or checkpoint path (default: lite_medsam)")
+    embed.add_argument("--model-type", help="architecture of a checkpoint file (detected if not given)")
+    embed.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                       help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else auto)")
+    embed.add_argument("--planes", help="planes of a stack along its first axis: e.g. 0,4,10-19 (default: all); "
+                                        "with several stack axes, one plane per item as 2:5")
+    embed.add_argument("--channel-axis", type=int, help="axis of each plane that holds channels")
+    embed.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
+    embed.add_argument("--overwrite", action="store_true", help="discard what the store holds and start afresh")
+    embed.add_argument("--device", help="torch device (default: cpu)")
+    embed.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
     for name, (kind, default, text) in AMG_PARAMETERS.items():
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text} (default {default:g})")
@@ -181,7 +207,89 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _segment_prompts(args, rgb, model):
+def _channels(args) -> dict:
+    """``channel_axis`` and ``channels`` of the preprocessing, from the command line."""
+    from .errors import PromptError
+
+    prep = {"channel_axis": args.channel_axis}
+    if args.channels:
+        try:
+            prep["channels"] = [int(c) for c in args.channels.split(",")]
+        except ValueError:
+            raise PromptError(f"--channels takes comma-separated integers, e.g. 0,1; got {args.channels!r}.") from None
+    return prep
+
+
+def _parse_planes(text: str | None, leading: tuple[int, ...]) -> list[tuple[int, ...]] | None:
+    """``--planes`` -> plane indices (None: every plane)."""
+    from .errors import PromptError
+
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    if not leading:
+        raise PromptError("--planes is for stacks; this image is a single 2D plane (drop --planes).")
+    planes: list[tuple[int, ...]] = []
+    try:
+        for item in text.split(","):
+            item = item.strip()
+            if ":" in item:
+                planes.append(tuple(int(v) for v in item.split(":")))
+            elif "-" in item:
+                start, stop = (int(v) for v in item.split("-"))
+                planes += [(i,) for i in range(start, stop + 1)]
+            else:
+                planes.append((int(item),))
+    except ValueError:
+        raise PromptError(f"--planes takes indices and ranges such as 0,4,10-19 (or 2:5 per plane); got {text!r}.") \
+            from None
+    return planes
+
+
+def _cmd_embed(args) -> int:
+    import numpy as np
+
+    from .embed import compute_embeddings, plane_layout
+    from .embedding import EmbeddingKey, image_signature, plane_view
+    from .io import read_image
+    from .loading import load_model
+    from .precision import resolve_precision
+    from .store import EmbeddingStore
+
+    started = time.perf_counter()
+    image = read_image(args.image)
+    prep = _channels(args)
+    leading = plane_layout(image.shape, channel_axis=prep["channel_axis"])
+    planes = _parse_planes(args.planes, leading)
+    _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}"
+                     + (f", {len(planes) if planes else int(np.prod(leading))} plane(s)" if leading else ""))
+    model = load_model(args.model, model_type=args.model_type, device=args.device)
+    precision = resolve_precision(args.precision, model.spec)
+    key = EmbeddingKey.create(image_signature(image), model, precision,
+                              view=plane_view(channel_axis=prep["channel_axis"], channels=prep.get("channels")))
+    store = EmbeddingStore.open(args.store, key, overwrite=args.overwrite)
+    _say(args.quiet, f"model {model.spec.name} ({precision} image encoder), store {args.store}")
+    count = 0
+    for _ in compute_embeddings(model, image, planes=planes, store=store, precision=precision,
+                                progress=_progress(args.quiet, "embeddings"), **prep):
+        count += 1
+    _say(args.quiet, f"{count} embedding(s) in {args.store}: {store.writes} computed, {count - store.writes} were "
+                     f"already there, in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _open_store(args, image, model, precision: str, prep: dict):
+    """``(store, key)`` of ``--store`` for a 2D image, or ``(None, None)``."""
+    if not args.store:
+        return None, None
+    from .embedding import EmbeddingKey, image_signature, plane_view
+    from .store import EmbeddingStore
+
+    key = EmbeddingKey.create(image_signature(image), model, precision,
+                              view=plane_view(channel_axis=prep["channel_axis"], channels=prep.get("channels")))
+    return EmbeddingStore.open(args.store, key), key
+
+
+def _segment_prompts(args, rgb, model, store=None, key=None):
     """Boxes and/or points CSVs -> label image (one object per box / point group)."""
     import numpy as np
 
@@ -195,9 +303,11 @@ def _segment_prompts(args, rgb, model):
         from .automatic import segment_boxes
 
         return segment_boxes(rgb, boxes, model, precision=args.precision, progress=_progress(args.quiet, "boxes"),
-                             **_threshold(args))
+                             store=store, key=key, **_threshold(args))
+    from .embed import embed_one
+
     predictor = Predictor(model, precision=args.precision)
-    predictor.set_image(rgb)
+    predictor.set_embedding(embed_one(model, rgb, key=key, store=store, precision=args.precision, rgb_ready=True))
     labels = np.zeros(rgb.shape[:2], np.uint32)
     coords, point_labels, objects = points
     object_ids = np.unique(objects)
@@ -232,12 +342,7 @@ def _cmd_segment(args) -> int:
     if not args.output.lower().endswith((".tif", ".tiff")):
         raise PromptError(f"Label images are written as TIFF: give -o a name ending in .tif (got {args.output}).")
     image = read_image(args.image)
-    prep = {"channel_axis": args.channel_axis}
-    if args.channels:
-        try:
-            prep["channels"] = [int(c) for c in args.channels.split(",")]
-        except ValueError:
-            raise PromptError(f"--channels takes comma-separated integers, e.g. 0,1; got {args.channels!r}.") from None
+    prep = _channels(args)
     rgb = as_rgb(image, **prep)  # validated and converted once, before the model loads
     has_prompts = bool(args.boxes or args.points or args.labels)
     mode = args.mode or ("prompts" if has_prompts else "auto")
@@ -254,26 +359,29 @@ def _cmd_segment(args) -> int:
     precision = resolve_precision(args.precision, model.spec, encoder_bound=not grid)
     _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
                      f"{precision} image encoder)")
+    store, key = _open_store(args, image, model, precision, prep)
+    stored = {"store": store, "key": key}
 
     if args.labels:
         from .automatic import segment_from_labels
 
         rough = read_image(args.labels)
         labels = segment_from_labels(rgb, rough, model, precision=args.precision,
-                                     progress=_progress(args.quiet, "objects"), **_threshold(args))
+                                     progress=_progress(args.quiet, "objects"), **stored, **_threshold(args))
     elif mode == "prompts":
-        labels = _segment_prompts(args, rgb, model)
+        labels = _segment_prompts(args, rgb, model, **stored)
     else:
         from .automatic import generate_masks, masks_to_labels
 
         params = {name: getattr(args, name) for name in AMG_PARAMETERS}
         records = generate_masks(rgb, model, strategy=args.strategy, precision=args.precision,
-                                 progress=_progress(args.quiet, "batches"), **params)
+                                 progress=_progress(args.quiet, "batches"), **stored, **params)
         labels = masks_to_labels(records, shape=rgb.shape[:2])
     labels = np.asarray(labels)
     write_labels(args.output, labels)
     count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
-    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s")
+    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s"
+                     + (f" ({store.reads} embedding(s) read from {args.store}, {store.writes} computed)" if store else ""))
     if args.overlay:
         write_png(args.overlay, overlay_image(rgb, labels))
         _say(args.quiet, f"wrote overlay picture {args.overlay}")
@@ -330,7 +438,8 @@ def _cmd_train(args) -> int:
     return 130 if result.stopped == "cancelled" else 0
 
 
-COMMANDS = {"models": _cmd_models, "train": _cmd_train, "download": _cmd_download, "sample": _cmd_sample, "segment": _cmd_segment}
+COMMANDS = {"models": _cmd_models, "train": _cmd_train, "download": _cmd_download, "sample": _cmd_sample,
+            "segment": _cmd_segment, "embed": _cmd_embed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,13 @@ class SamkitError(Exception):
     exit_code = 1
 
 
+class Cancelled(Exception):
+    """Raised by long computations (embeddings, generators) when their ``cancel`` callback said so.
+
+    Not an error: nothing was wrong, the person asked to stop.
+    """
+
+
 class CheckpointError(SamkitError):
     """A checkpoint file is missing, broken, or of an unexpected architecture."""
 
@@ -52,5 +59,17 @@ class InputFileError(SamkitError):
 
 class TrainingError(SamkitError):
     """Training data or settings that cannot train a model (no objects, mismatched pairs)."""
+
+    exit_code = 2
+
+
+class StoreError(SamkitError):
+    """An embedding store that cannot be used: not a store, or unreadable."""
+
+    exit_code = 2
+
+
+class StoreMismatchError(StoreError):
+    """An embedding store made for another image, model, precision or version."""
 
     exit_code = 2

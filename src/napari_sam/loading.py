@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .embedding import mark_loaded
 from .errors import CheckpointError
 from .models.build import build_model
 from .models.sam import SamModel
@@ -175,6 +176,7 @@ def load_model(
         path = ensure_weights(spec, allow_download=allow_download)
         state_dict = read_state_dict(path)
         source = f"Checkpoint {path} of model {key!r}"
+        origin = None  # the registry's SHA-256 names the weights
     else:
         path = Path(key).expanduser()
         if not path.exists() and not any(sep in key for sep in ("/", "\\")) and not path.suffix:
@@ -191,5 +193,7 @@ def load_model(
                        size_bytes=None, sha256="", embedded_in=None, embedded_path=None,
                        description=f"{architecture} from {path}")
         source = f"Checkpoint {path}"
-    model = model_from_state_dict(state_dict, spec, source, copy=False)
-    return model.to(resolved_device)
+        origin = path  # no SHA-256: the file's path, size and mtime name the weights
+    model = model_from_state_dict(state_dict, spec, source, copy=False).to(resolved_device)
+    mark_loaded(model, origin)
+    return model

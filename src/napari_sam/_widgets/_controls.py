@@ -5,10 +5,11 @@ Kept apart from the behaviour (:mod:`.annotator`) so the layout reads in one pla
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from ..annotation import COMMIT_MODES, DEFAULT_COMMIT_MODE
 from ..registry import list_models
+from ..store import STORE_HELP
 
 #: Action -> napari key binding (viewer-wide except ``toggle_label``, bound on the points layer).
 SHORTCUTS = {
@@ -68,6 +69,7 @@ class Controls:
             "clicks become box prompts); vit_b / vit_t take clicks natively (downloaded on first use).",
         )
         self.device = ComboBox(label="Device", choices=device_choices(), tooltip="Where the model runs.")
+        self.store = FileEdit(label="Embedding store", mode="d", nullable=True, value=None, tooltip=STORE_HELP)
         self.hint = Label(value="")
         self.status = Label(value="Loading model…")
         self.point_label = PushButton(
@@ -115,7 +117,7 @@ class Controls:
             text.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         container.native.setMaximumWidth(460)
         container.extend([
-            self.image, self.channels_first, self.model, self.device, self.hint, self.status,
+            self.image, self.channels_first, self.model, self.device, self.store, self.hint, self.status,
             self.point_label, self.next_mask, self.mask_info, self.labels, self.mode,
             self.commit, self.undo, self.clear,
         ])

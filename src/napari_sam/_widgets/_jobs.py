@@ -19,15 +19,12 @@ import numpy as np
 from ..embedding import EmbeddingCache, ImageEmbedding
 
 
-def _embed(model, plane: np.ndarray, channel_axis: int | None, channels, precision):
-    """Worker body: preprocess a plane and run the encoder (runs off the GUI thread)."""
-    from ..inference import embed_image
-    from ..preprocess import as_rgb
+def _embed(model, plane: np.ndarray, key, channel_axis: int | None, channels, precision, store):
+    """Worker body: the plane's embedding from the store, or preprocess and encode it (off the GUI thread)."""
+    from ..embed import embed_one
 
-    with warnings.catch_warnings():  # e.g. torch's note on read-only arrays: not for people
-        warnings.simplefilter("ignore", UserWarning)
-        rgb = as_rgb(plane, channel_axis=channel_axis, channels=channels)
-        return embed_image(model, rgb, precision=precision)
+    return embed_one(model, plane, key=key, store=store, channel_axis=channel_axis, channels=channels,
+                     precision=precision)
 
 
 def _predict(predictor, objects, memory):
@@ -99,6 +96,7 @@ class EmbeddingJob:
     channel_axis: int | None
     channels: list[int] | None
     precision: str | None
+    store: object = None
 
 
 class EmbeddingJobs:
@@ -139,8 +137,13 @@ class EmbeddingJobs:
         channel_axis: int | None = None,
         channels: list[int] | None = None,
         precision: str | None = None,
+        store=None,
     ) -> ImageEmbedding | None:
         """Ask for the embedding of ``plane``; supersedes every earlier request.
+
+        ``key`` is the plane's :class:`~napari_sam.embedding.EmbeddingKey`; with a
+        ``store`` (:class:`~napari_sam.store.EmbeddingStore`) the worker reads the
+        embedding from it, or computes and writes it there.
 
         Returns:
             The cached embedding at once if there is one (``on_ready`` is not
@@ -151,7 +154,7 @@ class EmbeddingJobs:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        job = EmbeddingJob(self.generation, key, model, plane, channel_axis, channels, precision)
+        job = EmbeddingJob(self.generation, key, model, plane, channel_axis, channels, precision, store)
         if self._running is None:
             self._start(job)
         else:
@@ -170,9 +173,11 @@ class EmbeddingJobs:
             _embed,
             job.model,
             job.plane,
+            job.key,
             job.channel_axis,
             job.channels,
             job.precision,
+            job.store,
             progress="Computing image embedding",
             on_return=lambda embedding: self._returned(job, embedding),
             on_error=lambda error: self._errored(job, error),

@@ -20,7 +20,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..annotation import MaskChoice, commit_masks, image_plane
-from ..embedding import EmbeddingCache, image_key
+from ..embedding import EmbeddingCache, EmbeddingKey, image_signature, plane_view
 from ..errors import ImageError, PromptError, SamkitError
 from ..interactive import RefinementMemory
 from ..registry import DEFAULT_MODEL
@@ -31,7 +31,6 @@ from ._jobs import EmbeddingJobs, LatestJobs, _predict
 from ._models import ModelPicker
 from ._prompts import PromptLayers
 from ._report import error_message, notify_errors
-
 
 #: Previews slower than this (seconds, the last one measured) are computed in a worker.
 SYNC_PREVIEW_SECONDS = 0.1
@@ -59,6 +58,7 @@ class AnnotatorWidget(Container):
         self._frame: L.ImageFrame | None = None
         self._geometry = None
         self._wanted_key = self._ready_key = None
+        self._signature = self._store = None  # the image's signature; the EmbeddingStore in use
         self._last_error: str | None = None
         self._last_commit_layer = self._watched_image = None
         self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache)
@@ -74,6 +74,7 @@ class AnnotatorWidget(Container):
                                   model_files, self.native)
         c.image.changed.connect(self._on_image_changed)
         c.channels_first.changed.connect(self._on_image_changed)
+        c.store.changed.connect(lambda *_: self._gui(self._on_store_changed))
         c.point_label.clicked.connect(lambda: self._gui(self.toggle_point_label))
         c.next_mask.clicked.connect(lambda: self._gui(self.cycle_mask))
         c.commit.clicked.connect(lambda: self._gui(self.commit))
@@ -171,7 +172,7 @@ class AnnotatorWidget(Container):
     @notify_errors("setting up the image")
     def _on_image_changed(self, *_):
         layer = self.controls.image.value
-        self._frame = self._geometry = self._wanted_key = None
+        self._frame = self._geometry = self._wanted_key = self._signature = None
         self._jobs.cancel()
         if layer is None:
             self.controls.set_status("Add an image layer (File > Open, or drag a file in) to start.")
@@ -227,7 +228,7 @@ class AnnotatorWidget(Container):
     # ------------------------------------------------------------------ planes and embeddings
 
     def _on_image_data(self, *_) -> None:
-        self._wanted_key = None  # the pixels changed: hash the plane again
+        self._wanted_key = self._signature = None  # the pixels changed: hash the image again
         self._on_dims()
 
     @notify_errors("changing the plane")
@@ -243,9 +244,10 @@ class AnnotatorWidget(Container):
             return
         if geometry == self._geometry and self._wanted_key is not None:
             return  # same plane, same data: nothing to hash or compute
-        frame, spec = self._frame, self.predictor.spec
+        frame = self._frame
         plane = image_plane(frame.layer.data, geometry, rgb=frame.rgb, channel_axis=frame.channel_axis)
-        key = (image_key(plane), geometry.plane_index, geometry.displayed, spec.name, frame.channel_axis)
+        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None
+        key = self._embedding_key(geometry, channels)
         if key == self._wanted_key and geometry == self._geometry:
             return
         plane_moved = self._geometry is None or geometry.plane_index != self._geometry.plane_index
@@ -254,15 +256,43 @@ class AnnotatorWidget(Container):
             self._previews.cancel()
             self.memory.clear()
             self._show([])
-        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None
         axis = -1 if frame.channel_axis is not None else None
-        embedding = self._jobs.request(key, self.predictor.model, plane, axis, channels)
+        store = self._embedding_store(key)
+        embedding = self._jobs.request(key, self.predictor.model, plane, axis, channels, store=store)
         if embedding is not None:
             self._on_embedding(key, embedding)
         else:
             self._ready_key = None
             plane = ", ".join(map(str, geometry.plane_index))
             self.controls.set_status(f"Computing the image embedding{f' of plane {plane}' if plane else ''}…")
+
+    def _embedding_key(self, geometry, channels) -> EmbeddingKey:
+        """The key of the plane on screen (the image is hashed once, again when its data change)."""
+        layer, frame = self._frame.layer, self._frame
+        if self._signature is None:
+            self._signature = image_signature(layer.data[0] if layer.multiscale else layer.data)
+        view = plane_view(geometry.displayed, geometry.ndim, frame.channel_axis, channels)
+        return EmbeddingKey.create(self._signature, self.predictor.model, self.predictor.precision,
+                                   plane=geometry.plane_index, view=view)
+
+    def _embedding_store(self, key):
+        """The :class:`~napari_sam.store.EmbeddingStore` of the store setting for this image, or None."""
+        folder = self.controls.store.value
+        if folder is None:
+            return None
+        from ..store import EmbeddingStore, store_in_folder
+
+        path = store_in_folder(folder, key, self._frame.layer.name)
+        if self._store is None or self._store.path != path:
+            self._store = EmbeddingStore(path, cache=self.cache)
+        return self._store
+
+    def _on_store_changed(self) -> None:
+        """A store folder was chosen: keep the plane on screen there too (later planes are written as computed)."""
+        if self.ready and self.predictor.embedding is not None:
+            store = self._embedding_store(self._ready_key)
+            if store is not None and store.get(self._ready_key, memory=False) is None:
+                store.put(self.predictor.embedding)
 
     def _on_embedding(self, key, embedding) -> None:
         if key != self._wanted_key or self.predictor is None:

@@ -14,16 +14,35 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..automatic.planes import (
-    AMG_PARAMETERS, MODES, STRATEGY_HELP, StackRequest, boxes_from_shapes, check_rough_labels,
-    effective_strategy, plane_indices, result_name, to_data_frame,
+    AMG_PARAMETERS,
+    MODES,
+    STRATEGY_HELP,
+    StackRequest,
+    boxes_from_shapes,
+    check_rough_labels,
+    effective_strategy,
+    plane_indices,
+    result_name,
+    to_data_frame,
 )
 from ..errors import ImageError, PromptError, SamkitError
 from ..registry import DEFAULT_MODEL, get_spec, is_known_model
+from ..store import STORE_HELP
 from ._controls import LOAD_FILE, device_choices, model_choices
 from ._jobs import start_worker
 
@@ -114,6 +133,7 @@ class AutomaticSegmentationWidget(Container):
         self.precision = ComboBox(label="Precision", choices=_PRECISIONS,
                                   tooltip=_PRECISION_HELP)
         self.strategy = ComboBox(label="Prompts", choices=_STRATEGIES, value="auto", tooltip=STRATEGY_HELP)
+        self.store = FileEdit(label="Embedding store", mode="d", nullable=True, value=None, tooltip=STORE_HELP)
         self.params: dict[str, SpinBox | FloatSpinBox] = {}
         for name, p in AMG_PARAMETERS.items():
             kind = SpinBox if p.kind is int else FloatSpinBox
@@ -133,7 +153,7 @@ class AutomaticSegmentationWidget(Container):
         for widget in (self.use_mask_prompt, self.current_plane, self.run_button, self.cancel_button):
             widget.label = ""
         self.extend([self.image, self.mode, self.source, self.use_mask_prompt, self.model, self.device,
-                     self.precision, self.strategy, *self.params.values(), self.current_plane,
+                     self.precision, self.strategy, self.store, *self.params.values(), self.current_plane,
                      self.run_button, self.cancel_button, self.progress, self.status])
 
         self.mode.changed.connect(self._update_visibility)
@@ -256,6 +276,7 @@ class AutomaticSegmentationWidget(Container):
             image=data, mode=mode, planes=plane_indices(shape, current), rgb=bool(layer.rgb),
             params=self.parameter_values(), strategy=self.strategy.value, use_mask_prompt=self.use_mask_prompt.value,
             precision=None if self.precision.value == "default" else self.precision.value,
+            store=None if self.store.value is None else str(self.store.value), image_name=layer.name,
         )
         source = self.source.value if mode in _SOURCE_KIND else None
         if mode in _SOURCE_KIND and source is None:

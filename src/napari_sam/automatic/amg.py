@@ -20,11 +20,7 @@ from itertools import product
 import numpy as np
 import torch
 
-from ..errors import SamkitError
-
-
-class Cancelled(Exception):
-    """Raised by the generators when their ``cancel()`` callback returned True."""
+from ..errors import Cancelled, SamkitError  # noqa: F401 - Cancelled is re-exported here
 
 
 # --------------------------------------------------------------------- point grids

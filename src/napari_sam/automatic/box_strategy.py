@@ -70,6 +70,8 @@ def segment_everything_with_boxes(
     precision: str | None = None,
     zoom: bool = True,
     polarity: str = "auto",
+    store=None,
+    key=None,
     **ignored,
 ) -> list[dict]:
     """Masks of all objects found by box proposals refined by the model.
@@ -89,6 +91,7 @@ def segment_everything_with_boxes(
         precision: encoder precision.
         zoom: zoomed windows for small objects (see :mod:`.refine`).
         polarity: objects ``"bright"``, ``"dark"`` or ``"auto"`` (see :mod:`.proposals`).
+        store, key: embedding store and the key of ``rgb``'s plane (see :func:`.refine.refine_boxes`).
         **ignored: point-grid parameters of :func:`generate_masks` (no effect here).
 
     Returns:
@@ -108,7 +111,7 @@ def segment_everything_with_boxes(
     # -0.022 / +0.073 (nuclei planes) and -0.032 (coins): no gain overall.
     objects = refine_boxes(rgb, proposals.boxes, model, zoom=zoom, precision=precision, progress=progress,
                            cancel=cancel, stability_score_offset=stability_score_offset, mask_threshold=0.0,
-                           rgb_ready=True)
+                           rgb_ready=True, store=store, key=key)
     ious = np.array([o.predicted_iou for o in objects], dtype=np.float32)
     stability = np.array([o.stability_score for o in objects], dtype=np.float32)
     areas = np.array([int(np.count_nonzero(o.mask)) for o in objects])

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..embedding import ImageEmbedding
+from ..embed import compute_embeddings
+from ..embedding import EmbeddingKey, ImageEmbedding
 from ..errors import SamkitError
-from ..inference import decode_prompts, embed_image, logits_to_image, to_input_coords
+from ..inference import decode_prompts, logits_to_image, to_input_coords
 from ..models.sam import SamModel
 from ..precision import resolve_precision
 from ..preprocess import as_rgb
@@ -144,6 +145,8 @@ def generate_masks(
     channel_axis: int | None = None,
     return_logits: bool = False,
     timings: dict | None = None,
+    store=None,
+    key: EmbeddingKey | None = None,
 ) -> list[dict]:
     """Masks of everything in a 2D image, as Meta's ``SamAutomaticMaskGenerator``.
 
@@ -182,6 +185,10 @@ def generate_masks(
             decoder's, before any small-region removal.
         timings: a dict to receive seconds per stage (``embed``, ``decode``,
             ``upsample_filter``, ``nms``, ``small_regions``, ``records``).
+        store: an :class:`~napari_sam.store.EmbeddingStore`: the embeddings of the
+            image and of its crops are read from it when there, written when computed.
+        key: the key of ``image`` when it is a plane of a larger image (see
+            :func:`~napari_sam.embed.compute_embeddings`; default: from ``image`` itself).
 
     Returns:
         One dict per mask, best first within the order of the official code, with
@@ -211,6 +218,8 @@ def generate_masks(
             progress=progress,
             cancel=cancel,
             precision=precision,
+            store=store,
+            key=key,
         )
 
     start = time.perf_counter()
@@ -229,9 +238,11 @@ def generate_masks(
     )
     parts: list[MaskRecords] = []
     crop_masks: list[torch.Tensor] = []
+    embeddings = compute_embeddings(model, rgb, windows=crop_boxes, store=store, precision=precision, cancel=cancel,
+                                    key=key, rgb_ready=True)
     for crop_index, (crop_box, layer) in enumerate(zip(crop_boxes, layer_indices)):
         run.check_cancel()
-        part, masks = _process_crop(run, rgb, crop_box, grids[layer], orig_size)
+        part, masks = _process_crop(run, rgb, crop_box, grids[layer], orig_size, next(embeddings))
         part["crop_index"] = torch.full((len(part),), crop_index, dtype=torch.int64)
         parts.append(part)
         crop_masks.append(masks)
@@ -260,9 +271,10 @@ def generate_masks(
 
 
 def _process_crop(
-    run: _Run, rgb: np.ndarray, crop_box: list[int], grid: np.ndarray, orig_size: tuple[int, int]
+    run: _Run, rgb: np.ndarray, crop_box: list[int], grid: np.ndarray, orig_size: tuple[int, int],
+    embedding: ImageEmbedding,
 ) -> tuple[MaskRecords, torch.Tensor]:
-    """One crop: embed, decode every grid point, filter, NMS.
+    """One crop: decode every grid point of its embedding, filter, NMS.
 
     Returns:
         ``(records, masks)``: records with ``boxes`` (image frame XYXY int64),
@@ -274,7 +286,6 @@ def _process_crop(
     x0, y0, x1, y1 = crop_box
     crop = rgb[y0:y1, x0:x1]
     crop_h, crop_w = crop.shape[:2]
-    embedding = embed_image(run.model, crop, precision=run.precision)
     run.lap("embed")
 
     points = grid * np.array([[crop_w, crop_h]], dtype=np.float64)

@@ -252,6 +252,9 @@ class StackRequest:
         rough_labels: for mode ``"labels"``, the label volume of the spatial shape.
         use_mask_prompt: give rough labels as mask prompts too (SAM models).
         precision: encoder precision or None.
+        store: a folder for embedding stores (see :func:`napari_sam.store.store_in_folder`):
+            the planes' embeddings are read from it and written to it; None: none kept.
+        image_name: the image's name, for the store's folder name.
     """
 
     image: np.ndarray
@@ -264,6 +267,8 @@ class StackRequest:
     rough_labels: np.ndarray | None = None
     use_mask_prompt: bool = False
     precision: str | None = None
+    store: str | None = None
+    image_name: str = "image"
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -271,12 +276,29 @@ class StackRequest:
         return shape[:-1] if self.rgb else shape
 
 
-def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray, progress, cancel) -> np.ndarray:
+def _embedding_store(request: StackRequest, model):
+    """``(store, key)``: the store of the request's image and the key of its whole stack, or (None, None)."""
+    if request.store is None:
+        return None, None
+    from ..embedding import EmbeddingKey, image_signature
+    from ..precision import resolve_precision
+    from ..store import EmbeddingStore, store_in_folder
+    from .generator import uses_point_grid
+
+    grid = request.mode in ("everything", "edges") and uses_point_grid(model, request.strategy)
+    precision = resolve_precision(request.precision, model.spec, encoder_bound=not grid)
+    key = EmbeddingKey.create(image_signature(request.image), model, precision)
+    return EmbeddingStore(store_in_folder(request.store, key, request.image_name)), key
+
+
+def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray, progress, cancel,
+                   store=None, key=None) -> np.ndarray:
     """One plane of ``request`` -> ``H x W`` labels (float32 edges in mode ``"edges"``)."""
     from . import edge_map, generate_masks, masks_to_labels, segment_boxes, segment_from_labels
 
     shape = image.shape[:2]
-    common = dict(precision=request.precision, progress=progress, cancel=cancel)
+    common = dict(precision=request.precision, progress=progress, cancel=cancel, store=store,
+                  key=None if key is None else key.at(plane=plane))
     if request.mode in ("everything", "edges"):
         edges = request.mode == "edges"
         records = generate_masks(image, model, strategy=request.strategy, return_logits=edges,
@@ -352,6 +374,7 @@ def segment_stack(
     out = np.zeros(shape, dtype=dtype)
     n = len(request.planes)
     next_id = 1
+    store, key = _embedding_store(request, model)
     for k, plane in enumerate(request.planes):
         if cancel is not None and cancel():
             raise Cancelled(f"Cancelled before plane {k + 1} of {n}.")
@@ -362,7 +385,7 @@ def segment_stack(
                 progress(k + min(done / total, 1.0), n)
 
         try:
-            result = _segment_plane(request, model, plane, image, plane_progress, cancel)
+            result = _segment_plane(request, model, plane, image, plane_progress, cancel, store, key)
         except SamkitError as error:
             raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
         if request.mode == "everything":

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..embedding import EmbeddingCache, image_key
+from ..embed import compute_embeddings
+from ..embedding import EmbeddingCache, EmbeddingKey
 from ..errors import PromptError
-from ..inference import decode_prompts, embed_image
+from ..inference import decode_prompts
 from ..models.sam import SamModel
 from ..precision import resolve_precision
 from ..preprocess import as_rgb
@@ -219,6 +220,8 @@ def refine_boxes(
     cancel: Callable[[], bool] | None = None,
     channel_axis: int | None = None,
     rgb_ready: bool = False,
+    store=None,
+    key: EmbeddingKey | None = None,
 ) -> list[RefinedObject]:
     """Segment one object per box, zoomed as the module docstring describes.
 
@@ -243,6 +246,10 @@ def refine_boxes(
         cache: reuse window embeddings across calls.
         progress: ``progress(done, total)`` in objects, after each window.
         cancel: polled before each window; True raises :class:`amg.Cancelled`.
+        store: an :class:`~napari_sam.store.EmbeddingStore`: window embeddings are
+            read from it when there and written to it when computed.
+        key: the key of ``image`` when it is a plane of a larger image (see
+            :func:`~napari_sam.embed.compute_embeddings`).
 
     Returns:
         ``N`` :class:`RefinedObject`, in the order of ``boxes``.
@@ -255,20 +262,12 @@ def refine_boxes(
     spec = model.spec
     windows, owner = plan_windows(boxes, shape, spec.image_size, zoom=zoom, object_size=object_size,
                                   max_upscale=max_upscale)
-    key = image_key(rgb) if cache is not None else None
     precision = resolve_precision(precision, model.spec)
     results: list[RefinedObject | None] = [None] * boxes.shape[0]
     done = 0
-    for index, window in enumerate(windows):
-        if cancel is not None and cancel():
-            raise amg.Cancelled()
-        x0, y0, x1, y1 = window
-        cache_key = (key, "window", window, spec.name, precision)
-        embedding = cache.get(cache_key) if cache is not None else None
-        if embedding is None:
-            embedding = embed_image(model, np.ascontiguousarray(rgb[y0:y1, x0:x1]), precision=precision)
-            if cache is not None:
-                cache.put(cache_key, embedding)
+    embeddings = compute_embeddings(model, rgb, windows=windows, store=store, cache=cache, precision=precision,
+                                    cancel=cancel, key=key, rgb_ready=True)
+    for index, (window, embedding) in enumerate(zip(windows, embeddings)):
         members = np.flatnonzero(owner == index)
         for part in amg.batch_slices(members.size, batch_size):
             ids = members[part]
@@ -327,6 +326,8 @@ def segment_boxes(
     cancel: Callable[[], bool] | None = None,
     channel_axis: int | None = None,
     cache: EmbeddingCache | None = None,
+    store=None,
+    key: EmbeddingKey | None = None,
 ) -> np.ndarray:
     """Box prompts -> instance labels: box ``i`` becomes label ``i + 1``.
 
@@ -334,8 +335,8 @@ def segment_boxes(
         image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
         boxes: ``N x 4`` (x0, y0, x1, y1) in pixels of the image.
         model: a loaded :class:`SamModel`.
-        batch_size, zoom, mask_threshold, precision, progress, cancel, cache: see
-            :func:`refine_boxes`.
+        batch_size, zoom, mask_threshold, precision, progress, cancel, cache, store,
+            key: see :func:`refine_boxes`.
         channel_axis: axis of ``image`` that holds channels.
 
     Returns:
@@ -346,7 +347,8 @@ def segment_boxes(
     """
     rgb = as_rgb(image, channel_axis=channel_axis)
     objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
-                           precision=precision, progress=progress, cancel=cancel, cache=cache, rgb_ready=True)
+                           precision=precision, progress=progress, cancel=cancel, cache=cache, rgb_ready=True,
+                           store=store, key=key)
     return paint_objects(objects, rgb.shape[:2])
 
 
@@ -366,6 +368,8 @@ def segment_from_labels(
     cancel: Callable[[], bool] | None = None,
     channel_axis: int | None = None,
     cache: EmbeddingCache | None = None,
+    store=None,
+    key: EmbeddingKey | None = None,
 ) -> np.ndarray:
     """Refine the objects of a rough label image; the output keeps their ids.
 
@@ -386,7 +390,8 @@ def segment_from_labels(
             the calibrated -1 of :func:`segment_boxes`: boxes from rough labels are
             loose (``box_margin``), and at -1 masks grew past sharp object edges
             (synthetic discs: IoU 0.81).
-        model, batch_size, zoom, precision, progress, cancel, cache: see :func:`refine_boxes`.
+        model, batch_size, zoom, precision, progress, cancel, cache, store, key: see
+            :func:`refine_boxes`.
 
     Returns:
         ``H x W`` labels of the dtype of ``labels`` (uint32 for bool or signed
@@ -431,7 +436,7 @@ def segment_from_labels(
         prompts = [(dense[s] == k + 1, (s[1].start, s[0].start, s[1].stop, s[0].stop)) for k, s in enumerate(slices)]
     objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
                            precision=precision, mask_prompts=prompts, box_iterations=box_iterations, progress=progress,
-                           cancel=cancel, cache=cache, rgb_ready=True)
+                           cancel=cancel, cache=cache, rgb_ready=True, store=store, key=key)
     painted = paint_objects(objects, rgb.shape[:2], ids=np.arange(1, ids.size + 1))
     out = np.zeros(labels.shape, dtype=out_dtype)
     nz = painted > 0
