@@ -194,8 +194,8 @@ def synthetic_cells(seed: int, n: int = 6, size: int = 128):
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), labels
 
 
-QUICK = FineTuneSettings(epochs=2, correction_rounds=1, objects_per_step=8, zoom=False, patience=5,
-                         learning_rate=3e-4)
+QUICK = FineTuneSettings(epochs=4, correction_rounds=1, objects_per_step=4, zoom=False, patience=5,
+                         learning_rate=5e-4)
 
 
 @pytest.fixture()
@@ -207,20 +207,20 @@ def models_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def cell_planes():
-    pairs = [synthetic_cells(seed) for seed in range(3)]
+    pairs = [synthetic_cells(seed, n=10) for seed in range(4)]
     return load_training_images([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 @pytest.fixture(scope="module")
 def trained(cell_planes, tmp_path_factory):
-    """One real 2-epoch run of the default model, shared by the tests that inspect its result."""
+    """One real 4-epoch run of the default model, shared by the tests that inspect its result."""
     import os
 
     folder = tmp_path_factory.mktemp("models")
     os.environ["NAPARI_SAMKIT_MODELS"] = str(folder)
     events = []
     try:
-        result = fine_tune(cell_planes[:2], validation=cell_planes[2:], name="cells-v1", settings=QUICK,
+        result = fine_tune(cell_planes[:3], validation=cell_planes[3:], name="cells-v1", settings=QUICK,
                            progress=events.append, embedding_cache={})
         yield result, events, folder
     finally:
@@ -230,10 +230,10 @@ def trained(cell_planes, tmp_path_factory):
 def test_a_short_run_teaches_the_default_model_to_click(trained):
     result, events, _ = trained
     base, best = result.history[0], result.best
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3, 4]
     # LiteMedSAM was trained on boxes only: one click gives almost nothing before.
     assert base["click_iou"] < 0.3
-    assert best["click_iou"] > base["click_iou"] + 0.3
+    assert best["click_iou"] > base["click_iou"] + 0.4  # measured: 0.03 -> 0.85
     assert best["box_iou"] > base["box_iou"] - 0.05
     stages = {e.stage for e in events}
     assert {"embedding", "training", "epoch", "done"} <= stages

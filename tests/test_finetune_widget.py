@@ -1,0 +1,62 @@
+"""The Fine-tune dock widget in a real viewer: layers in, a trained model out, selected in the annotator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_training import synthetic_cells
+
+pytestmark = pytest.mark.gui
+
+
+def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napari_viewer, qtbot, tmp_path,
+                                                                       monkeypatch):
+    from napari_sam._widgets.annotator import AnnotatorWidget
+    from napari_sam._widgets.finetune import FineTuneWidget
+
+    monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    for seed in range(2):
+        image, labels = synthetic_cells(seed, n=6)
+        viewer.add_image(image, name=f"cells {seed}")
+        viewer.add_labels(labels, name=f"cells {seed} labels")
+    viewer.add_labels(np.zeros((128, 128), np.uint16), name="empty labels")
+    annotator = AnnotatorWidget(viewer)
+    viewer.window.add_dock_widget(annotator, name="Annotator")
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    # Annotated pairs are preselected; an empty Labels layer is not.
+    chosen = {(image.name, labels.name) for image, labels in widget.pairs.value}
+    assert chosen == {("cells 0", "cells 0 labels"), ("cells 1", "cells 1 labels")}
+    assert widget.name.value == "my-lab-v1"
+    widget.settings["epochs"].value = 1
+    widget.settings["zoom"].value = False
+    worker = widget.start()
+    assert worker is not None and widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=600_000)
+    result = widget.result
+    assert result is not None and result.name == "my-lab-v1", widget.status.value
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    assert result.checkpoint.is_file()
+    assert "Saved model 'my-lab-v1'" in widget.status.value
+    assert len(widget.chart.series("box_iou")) == 2
+    assert widget.name.value == "my-lab-v2"  # ready for the next round
+    qtbot.waitUntil(lambda: annotator.predictor is not None and annotator.predictor.spec.name == "my-lab-v1",
+                    timeout=120_000)
+    assert annotator.predictor.spec.supports_points
+
+
+def test_bad_names_are_refused_before_any_work(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sam._widgets.finetune import FineTuneWidget
+
+    monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    assert widget.start() is None  # nothing annotated
+    assert "Nothing to learn from" in widget.status.value
+    image, labels = synthetic_cells(0, n=3)
+    viewer.add_image(image)
+    viewer.add_labels(labels)
+    widget.name.value = "vit_b"
+    assert widget.start() is None and "built-in" in widget.status.value
