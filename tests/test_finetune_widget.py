@@ -10,6 +10,15 @@ from test_training import synthetic_cells
 pytestmark = pytest.mark.gui
 
 
+@pytest.fixture(autouse=True)
+def _no_thread_outlives_its_test():
+    """Workers report 'finished' a moment before their thread returns to the pool."""
+    yield
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(300_000)
+
+
 def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napari_viewer, qtbot, tmp_path,
                                                                        monkeypatch):
     from napari_sam._widgets.annotator import AnnotatorWidget
@@ -24,6 +33,7 @@ def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napar
     viewer.add_labels(np.zeros((128, 128), np.uint16), name="empty labels")
     annotator = AnnotatorWidget(viewer)
     viewer.window.add_dock_widget(annotator, name="Annotator")
+    annotator.wait_until_ready(timeout=300)
     widget = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     # Annotated pairs are preselected; an empty Labels layer is not.
@@ -45,6 +55,7 @@ def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napar
     qtbot.waitUntil(lambda: annotator.predictor is not None and annotator.predictor.spec.name == "my-lab-v1",
                     timeout=120_000)
     assert annotator.predictor.spec.supports_points
+    annotator.wait_until_ready(timeout=300)  # no embedding job may outlive the viewer
 
 
 def test_bad_names_are_refused_before_any_work(make_napari_viewer, tmp_path, monkeypatch):

@@ -30,18 +30,35 @@ SHOWN_SETTINGS = ("epochs", "learning_rate", "val_split", "point_fraction", "cor
 _OWN_LAYERS = ("SAM preview",)
 
 
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def layer_pairs(layers) -> list[tuple[str, tuple]]:
-    """``(text, (image_layer, labels_layer))`` for every Labels layer with objects and an image of its shape."""
-    images = [layer for layer in layers if isinstance(layer, Image)]
+    """``(text, (image_layer, labels_layer))``: each Labels layer with the image it annotates.
+
+    The image is one of the same shape: the one whose name shares the longest start
+    with the labels' name (``cells`` for ``cells labels``), else the last one added
+    before the labels layer.
+    """
+    ordered = list(layers)
     out = []
-    for labels in layers:
+    for position, labels in enumerate(ordered):
         if not isinstance(labels, Labels) or labels.name in _OWN_LAYERS:
             continue
         shape = tuple(labels.data.shape)
-        for image in images:
-            image_shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
-            if image_shape == shape:
-                out.append((f"{labels.name} on {image.name}", (image, labels)))
+        candidates = [
+            (index, image) for index, image in enumerate(ordered)
+            if isinstance(image, Image) and tuple(image.data.shape[:-1] if image.rgb else image.data.shape) == shape
+        ]
+        if not candidates:
+            continue
+        _, _, image = max((_common_prefix(image.name, labels.name), index if index < position else -index, image)
+                          for index, image in candidates)
+        out.append((f"{labels.name} on {image.name}", (image, labels)))
     return out
 
 
