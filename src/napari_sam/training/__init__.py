@@ -9,18 +9,21 @@ See :mod:`.trainer` for what is trained and how, :mod:`.prompts` and :mod:`.loss
 for the paper's prompt simulation and loss.
 """
 
-from .data import TrainingImage, load_training_images, planes_of, split_by_image
-from .settings import FineTuneSettings
-from .trainer import FineTuneResult, TrainingProgress, evaluate_views, fine_tune
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "FineTuneResult",
-    "FineTuneSettings",
-    "TrainingImage",
-    "TrainingProgress",
-    "evaluate_views",
-    "fine_tune",
-    "load_training_images",
-    "planes_of",
-    "split_by_image",
-]
+# Loaded lazily: ``samkit --help`` reads the settings without importing torch.
+_LAZY = {
+    "TrainingImage": "napari_sam.training.data",
+    "load_training_images": "napari_sam.training.data",
+    "planes_of": "napari_sam.training.data",
+    "split_by_image": "napari_sam.training.data",
+    "FineTuneSettings": "napari_sam.training.settings",
+    "FineTuneResult": "napari_sam.training.trainer",
+    "TrainingProgress": "napari_sam.training.trainer",
+    "evaluate_views": "napari_sam.training.trainer",
+    "fine_tune": "napari_sam.training.trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
