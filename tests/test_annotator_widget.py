@@ -27,23 +27,6 @@ pytestmark = pytest.mark.gui
 # ----------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _no_thread_outlives_its_test():
-    """Workers report 'finished' a moment before their thread returns to the pool:
-    wait for the pool, so no thread runs while pytest tears Qt down."""
-    yield
-    from qtpy.QtCore import QThreadPool
-
-    assert QThreadPool.globalInstance().waitForDone(300_000)
-
-
-@pytest.fixture(scope="module")
-def lite_medsam():
-    from napari_sam import load_model
-
-    return load_model("lite_medsam")
-
-
 @pytest.fixture(scope="module")
 def points_model(lite_medsam):
     """LiteMedSAM's weights declared as a SAM-like model (points, three masks, mask input),

@@ -191,13 +191,6 @@ def test_requests_without_usable_input_are_refused():
         P.segment_stack(P.StackRequest(image=np.zeros(5), mode="everything", planes=[()]), model=None)
 
 
-@pytest.fixture(scope="module")
-def lite_medsam():
-    from napari_sam import load_model
-
-    return load_model("lite_medsam")
-
-
 def discs(shape=(96, 96), centres=((25, 25), (30, 70), (70, 45)), radius=11) -> tuple[np.ndarray, np.ndarray]:
     """Bright discs on a dark, slightly noisy background, and their labels 1..N."""
     labels = np.zeros(shape, np.uint16)

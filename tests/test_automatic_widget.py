@@ -21,13 +21,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(scope="module")
-def lite_medsam():
-    from napari_sam import load_model
-
-    return load_model("lite_medsam")
-
-
-@pytest.fixture(scope="module")
 def points_model(lite_medsam):
     """LiteMedSAM's weights declared as a point-prompt model: strategy 'auto' -> the point grid."""
     model = copy.deepcopy(lite_medsam)
@@ -277,3 +270,20 @@ def test_stack_current_plane_only_or_all_planes_and_edges(open_widget, lite_meds
     inside = ndi.binary_erosion(mask, iterations=4)
     assert edges.data[2][outline].mean() > 0.05 and edges.data[2][outline].mean() > 10 * edges.data[2][inside].mean()
     assert_unchanged(viewer, before)
+
+
+def test_closing_the_viewer_mid_run_stops_the_job(make_napari_viewer, points_model, coins, qtbot):
+    """Closing napari during a run used to abort the process (the job's thread outlived its Qt signals)."""
+    from qtpy.QtCore import QThreadPool
+
+    image, _ = coins
+    viewer = make_napari_viewer()
+    widget = AutomaticSegmentationWidget(viewer, model=points_model)
+    viewer.window.add_dock_widget(widget, name="Automatic segmentation")
+    viewer.add_image(image, name="coins")
+    widget.params["points_per_side"].value = 16
+    widget.params["points_per_batch"].value = 4  # 64 batches
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget._progress_state[0] > 0, timeout=120_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().activeThreadCount() == 0  # cancelled and waited for, within close()

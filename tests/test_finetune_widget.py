@@ -10,15 +10,6 @@ from test_training import synthetic_cells
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(autouse=True)
-def _no_thread_outlives_its_test():
-    """Workers report 'finished' a moment before their thread returns to the pool."""
-    yield
-    from qtpy.QtCore import QThreadPool
-
-    QThreadPool.globalInstance().waitForDone(300_000)
-
-
 def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napari_viewer, qtbot, tmp_path,
                                                                        monkeypatch):
     from napari_sam._widgets.annotator import AnnotatorWidget
@@ -71,3 +62,28 @@ def test_bad_names_are_refused_before_any_work(make_napari_viewer, tmp_path, mon
     viewer.add_labels(labels)
     widget.name.value = "vit_b"
     assert widget.start() is None and "built-in" in widget.status.value
+
+
+def test_closing_the_viewer_mid_run_stops_the_job_and_keeps_the_best_epoch(make_napari_viewer, qtbot, tmp_path,
+                                                                           monkeypatch):
+    """Closing napari during training used to abort the process (the job's thread outlived its Qt signals)."""
+    from qtpy.QtCore import QThreadPool
+
+    from napari_sam._widgets.finetune import FineTuneWidget
+    from napari_sam.user_models import checkpoint_path
+
+    monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    for seed in range(2):
+        image, labels = synthetic_cells(seed, n=6)
+        viewer.add_image(image, name=f"cells {seed}")
+        viewer.add_labels(labels, name=f"cells {seed} labels")
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.settings["epochs"].value = 50
+    widget.settings["zoom"].value = False
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget._latest is not None and widget._latest.stage == "training", timeout=600_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().activeThreadCount() == 0  # stopped and waited for, within close()
+    assert checkpoint_path("my-lab-v1").is_file()  # the cancelled run saved its best epoch

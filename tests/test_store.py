@@ -52,11 +52,6 @@ class CountingEncoder(nn.Module):
         return self.proj(self.pool(x))
 
 
-@pytest.fixture(scope="module")
-def lite_medsam():
-    return load_model("lite_medsam")
-
-
 @pytest.fixture
 def fast_model(lite_medsam):
     """LiteMedSAM's prompt encoder and decoder with a counting stand-in image encoder (a copy per test)."""

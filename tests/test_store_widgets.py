@@ -7,35 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_store import CountingEncoder, stack
+from test_store import fast_model, stack  # noqa: F401 - fast_model is a fixture
 
 from napari_sam._widgets import AnnotatorWidget
 from napari_sam._widgets.automatic import AutomaticSegmentationWidget
 from napari_sam.store import EmbeddingStore, is_store
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_outlives_its_test():
-    yield
-    from qtpy.QtCore import QThreadPool
-
-    assert QThreadPool.globalInstance().waitForDone(300_000)
-
-
-@pytest.fixture(scope="module")
-def lite_medsam():
-    from napari_sam import load_model
-
-    return load_model("lite_medsam")
-
-
-@pytest.fixture
-def fast_model(lite_medsam):
-    from napari_sam.models.sam import SamModel
-
-    return SamModel(CountingEncoder(), lite_medsam.prompt_encoder, lite_medsam.mask_decoder, lite_medsam.spec).eval()
 
 
 def _stores(folder):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam.embedding import EmbeddingCache
 from napari_sam.errors import SamkitError, TrainingError
 from napari_sam.training import FineTuneSettings, fine_tune, load_training_images, planes_of, split_by_image
 from napari_sam.training.losses import dice_loss, focal_loss, mask_iou, sam_loss
@@ -195,7 +196,7 @@ def synthetic_cells(seed: int, n: int = 6, size: int = 128):
 
 
 QUICK = FineTuneSettings(epochs=4, correction_rounds=1, objects_per_step=4, zoom=False, patience=5,
-                         learning_rate=5e-4)
+                         learning_rate=5e-4, min_steps_per_epoch=0)
 
 
 @pytest.fixture()
@@ -221,7 +222,7 @@ def trained(cell_planes, tmp_path_factory):
     events = []
     try:
         result = fine_tune(cell_planes[:3], validation=cell_planes[3:], name="cells-v1", settings=QUICK,
-                           progress=events.append, embedding_cache={})
+                           progress=events.append, embedding_cache=EmbeddingCache())
         yield result, events, folder
     finally:
         os.environ.pop("NAPARI_SAMKIT_MODELS", None)
@@ -307,8 +308,18 @@ def test_names_are_checked_before_any_work(cell_planes, models_dir):
         fine_tune(cell_planes, name="../escape")
 
 
-def test_cancel_keeps_the_best_epoch_and_the_same_call_resumes(cell_planes, models_dir):
-    calls = {"steps": 0}
+def test_cancel_keeps_the_best_epoch_and_the_same_call_resumes(cell_planes, models_dir, tmp_path, monkeypatch):
+    import napari_sam.inference
+
+    calls = {"steps": 0, "encoder": 0}
+    encode = napari_sam.inference.embed_image
+
+    def counting_encoder(*args, **kwargs):
+        calls["encoder"] += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(napari_sam.inference, "embed_image", counting_encoder)
+    store = tmp_path / "embeddings"
 
     def cancel_after_one_epoch() -> bool:
         return calls["steps"] >= 1
@@ -319,17 +330,36 @@ def test_cancel_keeps_the_best_epoch_and_the_same_call_resumes(cell_planes, mode
 
     settings = QUICK.with_values(epochs=3)
     first = fine_tune(cell_planes[:2], validation=cell_planes[2:], name="resumable", settings=settings,
-                      progress=count, cancel=cancel_after_one_epoch)
+                      progress=count, cancel=cancel_after_one_epoch, embedding_store=store)
     assert first.stopped == "cancelled"
+    assert calls["encoder"] == len(cell_planes) and len(list(store.iterdir())) == len(cell_planes)
     assert [h["epoch"] for h in first.history] == [0, 1]
     assert first.checkpoint.is_file()
     epochs_seen = []
     second = fine_tune(cell_planes[:2], validation=cell_planes[2:], name="resumable", settings=settings,
-                       progress=lambda e: e.stage == "training" and epochs_seen.append(e.epoch))
+                       progress=lambda e: e.stage == "training" and epochs_seen.append(e.epoch),
+                       embedding_store=store)
     assert second.stopped == "completed"
+    assert calls["encoder"] == len(cell_planes)  # the resumed run read every view from the store
     assert sorted(set(epochs_seen)) == [2, 3]  # epoch 1 was not trained again
     assert second.history[1] == first.history[1]
     with pytest.raises(TrainingError, match="other data"):
         fine_tune(cell_planes[1:], validation=cell_planes[:1], name="resumable", settings=settings)
     with pytest.raises(TrainingError, match="exists already"):
         fine_tune(cell_planes[1:], validation=cell_planes[:1], name="resumable", settings=settings, resume=False)
+
+
+def test_a_few_objects_are_drawn_again_until_an_epoch_has_its_minimum_of_steps():
+    from types import SimpleNamespace
+
+    from napari_sam.training.trainer import _epoch_batches
+
+    views = [SimpleNamespace(source="a", object_ids=np.array([1, 2, 3])),  # whole image
+             SimpleNamespace(source="a", object_ids=np.array([2]))]  # a zoomed window of object 2
+    rng = np.random.default_rng(0)
+    many = _epoch_batches(views, FineTuneSettings(objects_per_step=2, min_steps_per_epoch=5), rng)
+    assert len(many) == 6  # three passes of 3 objects in steps of 2 (2 + 1 each)
+    drawn = [int(view.object_ids[row]) for batch in many for view, row in batch]
+    assert sorted(drawn) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    once = _epoch_batches(views, FineTuneSettings(objects_per_step=2, min_steps_per_epoch=0), rng)
+    assert sorted(int(v.object_ids[r]) for batch in once for v, r in batch) == [1, 2, 3]

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true", help="start again instead of resuming a run of this name")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model of this name")
     train.add_argument("--precision", choices=("auto", "float32", "bfloat16"), help="image encoder precision")
+    train.add_argument("--store", help="folder of embedding stores (one per image, as the widgets' store setting): "
+                                       "embeddings are kept there, so a resumed run or the next round on the same "
+                                       "images does not run the image encoder again")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     from .training.settings import add_arguments
 
@@ -425,7 +428,8 @@ def _cmd_train(args) -> int:
     try:
         result = fine_tune(images, name=args.name, base=args.base, settings=settings, validation=validation,
                            models_directory=args.models_dir, resume=not args.restart, overwrite=args.overwrite,
-                           precision=args.precision, progress=reporter, cancel=cancel)
+                           precision=args.precision, embedding_store=args.store, progress=reporter,
+                           cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
         reporter.close()
@@ -434,6 +438,8 @@ def _cmd_train(args) -> int:
     if result.history[-1]["objects"]:
         _say(args.quiet, f"validation IoU from a box {first['box_iou']:.3f} -> {best['box_iou']:.3f}, "
                          f"from one click {first['click_iou']:.3f} -> {best['click_iou']:.3f}")
+    if result.advice:
+        print(f"samkit train: warning: {result.advice}", file=sys.stderr)
     _say(args.quiet, f"use it with --model {result.name} or load_model({result.name!r})")
     return 130 if result.stopped == "cancelled" else 0
 

@@ -92,10 +92,43 @@ def decode_prompts(
         boxes = boxes.to(device, torch.float32)
     if mask_input is not None:
         mask_input = mask_input.to(device, torch.float32)
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
     features = embedding.features.to(device)
     image_pe = model.prompt_encoder.get_dense_pe()
-    context = _image_context(model, embedding.features, features, image_pe, dense) if mask_input is None else None
+    return run_decoder(model, features, image_pe, points, boxes, mask_input, multimask, min_iou=min_iou,
+                       source=embedding.features)
+
+
+def run_decoder(
+    model: SamModel,
+    features: torch.Tensor,
+    image_pe: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    multimask: bool,
+    min_iou: float | None = None,
+    source: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder on tensors already on the model's device.
+
+    Gradients flow when enabled (fine-tuning calls it directly); :func:`decode_prompts`
+    is its inference-mode entry point.
+
+    Args:
+        features: ``1 x 256 x 64 x 64`` (shared by the prompts) or ``B x 256 x 64 x 64``.
+        image_pe: the prompt encoder's dense positional encoding.
+        points: ``(B x N x 2 coordinates, B x N labels)`` in the input frame, or None.
+        boxes, mask_input, multimask, min_iou: as :func:`decode_prompts`.
+        source: the embedding tensor ``features`` came from: the decoder's image-side
+            work for it is cached (prompts without mask input; None: no cache).
+
+    Returns:
+        ``(low_res_logits, iou_predictions)``: ``B x C x 256 x 256`` and ``B x C``.
+    """
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    context = None
+    if source is not None and mask_input is None:
+        context = _image_context(model, source, features, image_pe, dense)
     return model.mask_decoder(
         image_embeddings=features,
         image_pe=image_pe,

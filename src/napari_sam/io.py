@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,22 @@ def label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)``, then rename the result to ``path``.
+
+    A failed or interrupted write never leaves a half-written file under ``path``
+    (an existing file stays as it was); the temporary file is always removed.
+    """
+    path = Path(path)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        write(part)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return path
+
+
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write a label image as a compressed TIFF (smallest unsigned dtype that fits).
 
@@ -69,13 +86,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels)
     data = labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
-    partial = path.with_name(f".{path.name}.part")
-    try:
-        tifffile.imwrite(partial, data, compression="zlib")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda part: tifffile.imwrite(part, data, compression="zlib"))
 
 
 def _rows(path: Path) -> list[list[str]]:

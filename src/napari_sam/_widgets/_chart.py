@@ -19,7 +19,7 @@ class TrainingChart(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.history: list[dict] = []
-        self.setMinimumHeight(140)
+        self.setMinimumHeight(160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def set_history(self, history: list[dict]) -> None:
@@ -35,7 +35,7 @@ class TrainingChart(QWidget):
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         width, height = self.width(), self.height()
-        left, right, top, bottom = 8, 8, 8, 34
+        left, right, top, bottom = 8, 8, 8, 44  # two legend rows below the plot
         plot_w, plot_h = max(1, width - left - right), max(1, height - top - bottom)
         painter.setPen(QPen(QColor("#808080"), 1))
         painter.drawRect(left, top, plot_w, plot_h)
@@ -60,17 +60,18 @@ class TrainingChart(QWidget):
             painter.drawPolyline(polygon)
             for point in polygon:
                 painter.drawEllipse(point, 2.5, 2.5)
-        x = left
+        x, row = left, height - bottom + 6  # the legend wraps onto a second row when narrow
         for name, colour in SERIES_COLOURS.items():
-            painter.setPen(QPen(QColor(colour), 2))
-            painter.drawLine(x, height - 20, x + 14, height - 20)
-            painter.setPen(QPen(self.palette().color(self.foregroundRole())))
             text = SERIES_TEXT[name]
             values = self.series(name)
             if values:
                 text += f" {values[-1][1]:.3f}"
-            painter.drawText(x + 18, height - 26, 400, 14, Qt.AlignmentFlag.AlignLeft, text)
-            x += 18 + painter.fontMetrics().horizontalAdvance(text) + 12
-            if x > width - 60:
-                break
+            advance = 18 + painter.fontMetrics().horizontalAdvance(text)
+            if x > left and x + advance > width - right:
+                x, row = left, row + 18
+            painter.setPen(QPen(QColor(colour), 2))
+            painter.drawLine(x, row + 7, x + 14, row + 7)
+            painter.setPen(QPen(self.palette().color(self.foregroundRole())))
+            painter.drawText(x + 18, row, 400, 14, Qt.AlignmentFlag.AlignLeft, text)
+            x += advance + 12
         painter.end()

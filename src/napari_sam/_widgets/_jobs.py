@@ -56,12 +56,24 @@ def _catching(function, *args):
         return _Failed(error)
 
 
-def start_worker(function, *args, progress: str | None = None, on_return=None, on_error=None, on_finish=None):
+class Lifetime:
+    """Whether a widget's jobs may still report to it: False once it is closed (see :func:`stop_jobs_on_exit`)."""
+
+    def __init__(self) -> None:
+        self.alive = True
+
+    def __bool__(self) -> bool:
+        return self.alive
+
+
+def start_worker(function, *args, progress: str | None = None, on_return=None, on_error=None, on_finish=None,
+                 lifetime: Lifetime | None = None):
     """Start ``function(*args)`` in a napari thread worker with an optional progress bar.
 
     Exceptions come back to ``on_error`` as values, so napari does not also show
     its own raw traceback notification for an error the widget explains (without
-    ``on_error``, napari shows the exception as for any worker).
+    ``on_error``, napari shows the exception as for any worker). Once ``lifetime``
+    is over (the widget was closed) no callback runs: its Qt parts are gone.
     """
     from napari.qt.threading import create_worker
 
@@ -69,6 +81,8 @@ def start_worker(function, *args, progress: str | None = None, on_return=None, o
     worker = create_worker(_catching, function, *args, **kwargs)
 
     def returned(value) -> None:
+        if lifetime is not None and not lifetime:
+            return
         if isinstance(value, _Failed):
             if on_error is not None:
                 on_error(value.error)
@@ -80,11 +94,62 @@ def start_worker(function, *args, progress: str | None = None, on_return=None, o
         elif on_return is not None:
             on_return(value)
 
+    def finished() -> None:
+        if lifetime is None or lifetime:
+            on_finish()
+
     worker.returned.connect(returned)
     if on_finish is not None:
-        worker.finished.connect(on_finish)
+        worker.finished.connect(finished)
     worker.start()
     return worker
+
+
+#: How long closing the viewer waits for a cancelled job to reach its next check.
+SHUTDOWN_WAIT_MS = 300_000
+
+
+def stop_jobs_on_exit(widget, cancel: Callable[[], None], lifetime: Lifetime | None = None) -> Lifetime:
+    """When the Qt ``widget`` is destroyed or the application quits: ``cancel()`` its jobs and wait for them.
+
+    Without this, closing the viewer during a long job ends the process with an
+    abort: the job's thread outlives the Qt objects it reports to. Long jobs poll
+    their cancel flag between steps, so the wait is one step (a cancelled
+    fine-tuning run still saves its best epoch).
+
+    Returns:
+        ``lifetime`` (or a new :class:`Lifetime`), over from then on: pass it to
+        :func:`start_worker` so that late results are not shown on deleted widgets.
+    """
+    lifetime = lifetime if lifetime is not None else Lifetime()
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    done = []
+
+    def shutdown(*_) -> None:
+        if done:
+            return
+        done.append(True)
+        lifetime.alive = False
+        cancel()
+        QThreadPool.globalInstance().waitForDone(SHUTDOWN_WAIT_MS)
+
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(shutdown)
+
+        def forget(*_) -> None:
+            shutdown()
+            try:
+                app.aboutToQuit.disconnect(shutdown)
+            except (TypeError, RuntimeError):  # already gone with the application
+                pass
+
+        widget.destroyed.connect(forget)
+    else:
+        widget.destroyed.connect(shutdown)
+    return lifetime
 
 
 @dataclass
@@ -115,8 +180,10 @@ class EmbeddingJobs:
         on_error: Callable[[BaseException], None],
         on_busy: Callable[[bool], None] | None = None,
         cache: EmbeddingCache | None = None,
+        lifetime: Lifetime | None = None,
     ) -> None:
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.lifetime = lifetime
         self.generation = 0
         self._on_ready = on_ready
         self._on_error = on_error
@@ -182,6 +249,7 @@ class EmbeddingJobs:
             on_return=lambda embedding: self._returned(job, embedding),
             on_error=lambda error: self._errored(job, error),
             on_finish=self._finished,
+            lifetime=self.lifetime,
         )
 
     def _returned(self, job: EmbeddingJob, embedding: ImageEmbedding) -> None:
@@ -216,7 +284,9 @@ class LatestJobs:
     the decoder is too slow for the GUI thread.
     """
 
-    def __init__(self, on_result: Callable[[object, object], None], on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, on_result: Callable[[object, object], None], on_error: Callable[[BaseException], None],
+                 lifetime: Lifetime | None = None) -> None:
+        self.lifetime = lifetime
         self.generation = 0
         self._on_result = on_result
         self._on_error = on_error
@@ -252,7 +322,8 @@ class LatestJobs:
             if generation == self.generation:
                 self._on_error(error)
 
-        start_worker(function, *args, on_return=returned, on_error=errored, on_finish=self._finished)
+        start_worker(function, *args, on_return=returned, on_error=errored, on_finish=self._finished,
+                     lifetime=self.lifetime)
 
     def _finished(self) -> None:
         self._running = False
@@ -264,7 +335,9 @@ class LatestJobs:
 class ModelLoader:
     """Loads models in the background; only the newest request is applied."""
 
-    def __init__(self, on_loaded: Callable[[object], None], on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, on_loaded: Callable[[object], None], on_error: Callable[[BaseException], None],
+                 lifetime: Lifetime | None = None) -> None:
+        self.lifetime = lifetime
         self.generation = 0
         self.loading = False
         self._on_loaded = on_loaded
@@ -291,7 +364,7 @@ class ModelLoader:
 
         worker = start_worker(
             _load, name_or_path, device, progress=f"Loading model {name_or_path}",
-            on_return=returned, on_error=errored, on_finish=finished,
+            on_return=returned, on_error=errored, on_finish=finished, lifetime=self.lifetime,
         )
         self._workers.add(worker)
 

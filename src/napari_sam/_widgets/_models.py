@@ -19,16 +19,17 @@ class ModelPicker:
         set_status: shows progress text in the widget.
         extra: checkpoint files offered besides the registry (the list the combo box reads).
         parent: Qt parent for the file dialog.
+        lifetime: the widget's :class:`~napari_sam._widgets._jobs.Lifetime` (no result after it closed).
     """
 
     def __init__(self, model_box, device_box, on_loaded: Callable, report: Callable, set_status: Callable,
-                 extra: list[str], parent=None) -> None:
+                 extra: list[str], parent=None, lifetime=None) -> None:
         self.model_box, self.device_box = model_box, device_box
         self.extra = extra
         self.current_choice = None  # the picker's value for the model in use
         self.current_name: str | None = None
         self._on_loaded, self._report, self._set_status, self._parent = on_loaded, report, set_status, parent
-        self.loader = ModelLoader(self._loaded, self._failed)
+        self.loader = ModelLoader(self._loaded, self._failed, lifetime)
         model_box.changed.connect(self._on_choice)
         device_box.changed.connect(self._on_choice)
 

@@ -27,7 +27,7 @@ from ..registry import DEFAULT_MODEL
 from . import _layers as L
 from ._commit import commit_message, write_objects
 from ._controls import NEW_LABELS, SHORTCUTS, Controls, model_choices, on_undock
-from ._jobs import EmbeddingJobs, LatestJobs, _predict
+from ._jobs import EmbeddingJobs, LatestJobs, Lifetime, _predict, stop_jobs_on_exit
 from ._models import ModelPicker
 from ._prompts import PromptLayers
 from ._report import error_message, notify_errors
@@ -61,9 +61,12 @@ class AnnotatorWidget(Container):
         self._signature = self._store = None  # the image's signature; the EmbeddingStore in use
         self._last_error: str | None = None
         self._last_commit_layer = self._watched_image = None
-        self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache)
+        self._lifetime = Lifetime()  # over when the widget is closed: no result is shown then
+        self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache,
+                                   lifetime=self._lifetime)
         self._previews = LatestJobs(self._on_preview_result,
-                                    lambda error: self._report(error_message(error, "predicting the preview")))
+                                    lambda error: self._report(error_message(error, "predicting the preview")),
+                                    self._lifetime)
         self._prompt_version = self._shown_version = 0  # changes of the prompts, and the one shown
         self.prompts = PromptLayers(self.viewer, self._on_prompts_changed, lambda: self._gui(self.toggle_point_label),
                                     SHORTCUTS["toggle_label"])
@@ -71,7 +74,7 @@ class AnnotatorWidget(Container):
         self.controls = c = Controls(self, self._image_choices, self._labels_choices,
                                      lambda _widget: model_choices(model_files))
         self.models = ModelPicker(c.model, c.device, self._on_model_loaded, self._report, c.set_status,
-                                  model_files, self.native)
+                                  model_files, self.native, self._lifetime)
         c.image.changed.connect(self._on_image_changed)
         c.channels_first.changed.connect(self._on_image_changed)
         c.store.changed.connect(lambda *_: self._gui(self._on_store_changed))
@@ -91,6 +94,7 @@ class AnnotatorWidget(Container):
         for action, method in actions.items():
             self.viewer.bind_key(SHORTCUTS[action], lambda _viewer, m=method: self._gui(m), overwrite=True)
         on_undock(self.native, self.disconnect_viewer)
+        stop_jobs_on_exit(self.native, self._stop_jobs, self._lifetime)
         self.set_model(model, device)
         self._on_layers_changed()
         if self.image_layer is None:
@@ -107,6 +111,10 @@ class AnnotatorWidget(Container):
         if self._watched_image is not None:
             self._watched_image.events.data.disconnect(self._on_image_data)
             self._watched_image = None
+        self._stop_jobs()
+
+    def _stop_jobs(self) -> None:
+        """Drop every waiting embedding and preview (a running encoder finishes; nothing is applied)."""
         self._jobs.cancel()
         self._previews.cancel()
 

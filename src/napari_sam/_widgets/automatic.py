@@ -44,7 +44,7 @@ from ..errors import ImageError, PromptError, SamkitError
 from ..registry import DEFAULT_MODEL, get_spec, is_known_model
 from ..store import STORE_HELP
 from ._controls import LOAD_FILE, device_choices, model_choices
-from ._jobs import start_worker
+from ._jobs import start_worker, stop_jobs_on_exit
 
 _PRECISIONS = [("default", "default"), ("float32 (exact)", "float32"), ("bfloat16 (faster encoder)", "bfloat16")]
 _PRECISION_HELP = ("Image encoder precision. default: $NAPARI_SAMKIT_PRECISION, else auto (bfloat16 on CPUs with "
@@ -162,6 +162,7 @@ class AutomaticSegmentationWidget(Container):
         self.strategy.changed.connect(self._update_visibility)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self._lifetime = stop_jobs_on_exit(self.native, self._cancel.set)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         from qtpy.QtCore import QTimer
@@ -322,7 +323,7 @@ class AutomaticSegmentationWidget(Container):
             _run, request, self._models.get(key), key[0], key[1], self._on_progress, self._cancel.is_set,
             progress=f"Automatic segmentation of {layer.name}",
             on_return=lambda outcome: self._on_done(outcome, request, layer, key),
-            on_finish=self._on_finish,
+            on_finish=self._on_finish, lifetime=self._lifetime,
         )
         return self.worker
 

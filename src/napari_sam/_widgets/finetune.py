@@ -18,11 +18,12 @@ from magicgui.widgets import (
     CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..registry import DEFAULT_MODEL, list_models
+from ..store import STORE_HELP
 from ..training.settings import FineTuneSettings, describe
-from ._jobs import start_worker
+from ._jobs import start_worker, stop_jobs_on_exit
 
 #: Settings shown in the widget (all of them are in ``samkit train --help``).
 SHOWN_SETTINGS = ("epochs", "learning_rate", "val_split", "point_fraction", "correction_rounds", "zoom")
@@ -62,14 +63,14 @@ def layer_pairs(layers) -> list[tuple[str, tuple]]:
     return out
 
 
-def _train(items, name, base, settings, progress, cancel):
+def _train(items, name, base, settings, store, progress, cancel):
     """Worker body (off the GUI thread)."""
     from ..errors import SamkitError
     from ..training import fine_tune
 
     try:
-        return fine_tune(items, name=name, base=base, settings=settings, progress=progress, cancel=cancel,
-                         overwrite=False)
+        return fine_tune(items, name=name, base=base, settings=settings, embedding_store=store, progress=progress,
+                         cancel=cancel, overwrite=False)
     except SamkitError as error:
         return error
 
@@ -108,6 +109,8 @@ class FineTuneWidget(Container):
                              tooltip="Model to start from; a model of your own continues the data engine's loop.")
         self.name = LineEdit(label="New model name", value=next_free_name(),
                              tooltip="Letters, digits, '-', '_' or '.'; it must not exist yet.")
+        self.store = FileEdit(label="Embedding store", mode="d", nullable=True, value=None,
+                              tooltip=STORE_HELP + " The next round on the same images then skips the encoder.")
         self.settings: dict[str, object] = {}
         defaults = FineTuneSettings()
         for item in fields(FineTuneSettings):
@@ -138,8 +141,8 @@ class FineTuneWidget(Container):
         self.chart = TrainingChart()
         for widget in (self.train_button, self.cancel_button):
             widget.label = ""
-        self.extend([self.pairs, self.folder, self.base, self.name, *self.settings.values(), self.train_button,
-                     self.cancel_button, self.progress, self.status])
+        self.extend([self.pairs, self.folder, self.base, self.name, self.store, *self.settings.values(),
+                     self.train_button, self.cancel_button, self.progress, self.status])
         self.native.layout().addWidget(self.chart)
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -150,6 +153,7 @@ class FineTuneWidget(Container):
         self._timer = QTimer(self.native)
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._show_progress)
+        self._lifetime = stop_jobs_on_exit(self.native, self._cancel.set)
         self._on_layers_changed()
 
     # ----------------------------------------------------------------- choices
@@ -218,9 +222,9 @@ class FineTuneWidget(Container):
         objects = sum(len(item.object_ids) for item in items)
         self._set_running(True, f"Fine-tuning {self.base.value} on {len(items)} plane(s), {objects} objects…")
         self.worker = start_worker(
-            _train, items, name, self.base.value, settings, self._on_progress, self._cancel.is_set,
-            progress=f"Fine-tuning {name}", on_return=self._on_done, on_error=self._on_error,
-            on_finish=self._on_finish,
+            _train, items, name, self.base.value, settings, self.store.value, self._on_progress,
+            self._cancel.is_set, progress=f"Fine-tuning {name}", on_return=self._on_done,
+            on_error=self._on_error, on_finish=self._on_finish, lifetime=self._lifetime,
         )
         return self.worker
 
@@ -274,8 +278,10 @@ class FineTuneWidget(Container):
             figures = (f" Validation IoU from a box {first['box_iou']:.3f} -> {best['box_iou']:.3f}, "
                        f"from one click {first['click_iou']:.3f} -> {best['click_iou']:.3f}.")
         text = f"Saved model '{outcome.name}' (epoch {outcome.best_epoch}, {outcome.stopped}).{figures}"
+        if outcome.advice:
+            text += " " + outcome.advice
         self.status.value = text
-        show_info(text)
+        (show_warning if outcome.advice else show_info)(text)
         self.name.value = next_free_name(outcome.name.rsplit("-v", 1)[0] if "-v" in outcome.name else outcome.name)
         self.base.reset_choices()
         select_model_in_viewer(self.viewer, outcome.name)

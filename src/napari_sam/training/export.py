@@ -11,17 +11,9 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError
+from ..io import write_atomically
 from ..models.sam import SamModel
 from ..user_models import METADATA_FORMAT, check_model_name, checkpoint_path, metadata_path, models_dir
-
-
-def _write_atomically(path: Path, write) -> None:
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        write(part)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def save_user_model(
@@ -65,7 +57,7 @@ def save_user_model(
                             "writable folder.") from None
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata_file.unlink(missing_ok=True)  # unlisted while its checkpoint is replaced
-    _write_atomically(checkpoint, lambda part: torch.save(state, part))
+    write_atomically(checkpoint, lambda part: torch.save(state, part))
     description = {
         "format": METADATA_FORMAT,
         "name": name,
@@ -81,5 +73,5 @@ def save_user_model(
         "validation": validation or {},
     }
     text = json.dumps(description, indent=2, default=float)
-    _write_atomically(metadata_file, lambda part: part.write_text(text, encoding="utf-8"))
+    write_atomically(metadata_file, lambda part: part.write_text(text, encoding="utf-8"))
     return checkpoint, metadata_file

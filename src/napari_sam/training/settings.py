@@ -30,6 +30,8 @@ class FineTuneSettings:
     weight_decay: float = setting(0.01, "AdamW weight decay", 0.0, 1.0)
     objects_per_step: int = setting(8, "objects (of one view) per optimiser step", 1, 256)
     max_objects_per_epoch: int = setting(0, "objects drawn per epoch (0: every object once)", 0, 10_000_000)
+    min_steps_per_epoch: int = setting(24, "optimiser steps per epoch at least: a few annotated objects are drawn "
+                                           "again, with new prompts, until there are this many", 0, 100_000)
     correction_rounds: int = setting(2, "correction clicks simulated after the first prompt", 0, 16)
     point_fraction: float = setting(0.5, "share of objects first prompted by one click instead of a box", 0.0, 1.0)
     box_noise: float = setting(0.1, "box corner noise, as a fraction of the box side (the paper's 10%)", 0.0, 1.0)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..inference import run_decoder
 from ..models.sam import SamModel
 from .losses import mask_iou, sam_loss
 from .prompts import correction_points, interior_points, noisy_boxes, points_inside
@@ -28,17 +29,11 @@ def decode(model: SamModel, features: torch.Tensor, image_pe: torch.Tensor, coor
            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt encoder + mask decoder with gradients: ``(B x C x 256 x 256 logits, B x C IoU)``.
 
-    ``features`` is ``1 x 256 x 64 x 64`` (shared) or ``B x 256 x 64 x 64``.
+    ``features`` is ``1 x 256 x 64 x 64`` (shared) or ``B x 256 x 64 x 64``; no clicks
+    when ``coords`` is None or has none.
     """
     points = None if coords is None or coords.shape[1] == 0 else (coords, labels)
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-    return model.mask_decoder(
-        image_embeddings=features,
-        image_pe=image_pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
+    return run_decoder(model, features, image_pe, points, boxes, masks, multimask)
 
 
 def _stack(samples: Sequence[Sample]):

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..embedding import image_key
+from ..embedding import EmbeddingCache, image_key
 from ..errors import TrainingError
+from ..io import write_atomically
 from ..models.sam import SamModel
 from .data import TrainingImage, split_by_image
 from .settings import FineTuneSettings
@@ -90,6 +91,14 @@ class FineTuneResult:
     def best(self) -> dict:
         return next(h for h in self.history if h["epoch"] == self.best_epoch)
 
+    @property
+    def advice(self) -> str:
+        """What to do when no epoch beat the base model on the validation images ("" otherwise)."""
+        if self.best_epoch > 0:
+            return ""
+        return ("No epoch did better than the base model on the validation images, so the saved model is the base "
+                "model unchanged: annotate more objects, train for more epochs, or raise the learning rate.")
+
 
 def trainable_parameters(model: SamModel, settings: FineTuneSettings) -> list[torch.nn.Parameter]:
     """Freeze the image encoder (and the prompt encoder, if asked); return what trains."""
@@ -115,12 +124,7 @@ def _trained_state(model: SamModel) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(obj, part)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+    write_atomically(path, lambda part: torch.save(obj, part))
 
 
 def _fingerprint(model: SamModel, settings: FineTuneSettings, train: Sequence, val: Sequence) -> str:
@@ -171,7 +175,8 @@ def fine_tune(
     resume: bool = True,
     overwrite: bool = False,
     precision: str | None = None,
-    embedding_cache: dict | None = None,
+    embedding_cache: EmbeddingCache | None = None,
+    embedding_store: str | os.PathLike | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> FineTuneResult:
@@ -191,7 +196,12 @@ def fine_tune(
             last epoch (False: start again).
         overwrite: replace an existing user model ``name``.
         precision: image encoder precision for the embeddings (None: the default).
-        embedding_cache: a dict reused across calls (views embedded once per session).
+        embedding_cache: an :class:`~napari_sam.embedding.EmbeddingCache` reused across
+            calls (views embedded once per session).
+        embedding_store: a folder of embedding stores on disk (one per image): the
+            views' embeddings are read from it and written to it as computed, so a
+            crashed run resumes without the encoder and the next round of the data
+            engine on the same images only embeds the new ones.
         progress: called with :class:`TrainingProgress` after each step and epoch.
         cancel: polled between steps; when True the run stops and the best epoch so
             far is saved (``stopped == "cancelled"``).
@@ -238,11 +248,10 @@ def fine_tune(
         tell(stage="embedding", epoch=0, step=done, steps=total, message=f"embedding images {done}/{total}")
 
     try:
-        train_views = build_views(model, train_items, whole_image=settings.whole_image, zoom=settings.zoom,
-                                  precision=precision, cache=embedding_cache, progress=embedding_progress,
-                                  cancel=cancel)
-        val_views = build_views(model, val_items, whole_image=settings.whole_image, zoom=settings.zoom,
-                                precision=precision, cache=embedding_cache, cancel=cancel)
+        shared = {"whole_image": settings.whole_image, "zoom": settings.zoom, "precision": precision,
+                  "cache": embedding_cache, "store_folder": embedding_store, "cancel": cancel}
+        train_views = build_views(model, train_items, progress=embedding_progress, **shared)
+        val_views = build_views(model, val_items, **shared)
     except Cancelled:
         raise TrainingError("Fine-tuning was cancelled while embedding the images; nothing was trained.") from None
     if not train_views:
@@ -346,18 +355,24 @@ def fine_tune(
 def _epoch_batches(views: Sequence[View], settings: FineTuneSettings, rng: np.random.Generator):
     """The batches of one epoch: every object once, through one of its views drawn at random.
 
+    With few objects (fewer than ``min_steps_per_epoch`` batches) further passes over
+    them follow, each with its own views and order (and, in the step, new prompts).
+
     Returns a list of batches, each a list of ``(view, object index)`` samples.
     """
     seen: dict[tuple[str, int], list[tuple[View, int]]] = {}
     for view in views:
         for row, object_id in enumerate(view.object_ids):
             seen.setdefault((view.source, int(object_id)), []).append((view, row))
-    samples = [options[int(rng.integers(len(options)))] for options in seen.values()]
-    order = rng.permutation(len(samples))
-    if settings.max_objects_per_epoch:
-        order = order[: settings.max_objects_per_epoch]
     step = settings.objects_per_step
-    return [[samples[i] for i in order[start : start + step]] for start in range(0, len(order), step)]
+    batches: list[list[tuple[View, int]]] = []
+    while seen and not batches or len(batches) < settings.min_steps_per_epoch:
+        samples = [options[int(rng.integers(len(options)))] for options in seen.values()]
+        order = rng.permutation(len(samples))
+        if settings.max_objects_per_epoch:
+            order = order[: settings.max_objects_per_epoch]
+        batches += [[samples[i] for i in order[start : start + step]] for start in range(0, len(order), step)]
+    return batches
 
 
 def _describe(figures: dict) -> str:

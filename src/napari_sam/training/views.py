@@ -15,6 +15,7 @@ input): the loss and the simulated prompts live in that frame.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..embedding import ImageEmbedding, image_key
-from ..inference import embed_image
+from ..embedding import EmbeddingCache, ImageEmbedding
 from ..models.sam import SamModel
 from ..preprocess import as_rgb
 from .data import TrainingImage
@@ -111,7 +111,8 @@ def build_views(
     whole_image: bool = True,
     zoom: bool = True,
     precision: str | None = None,
-    cache: dict | None = None,
+    cache: EmbeddingCache | None = None,
+    store_folder: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[View]:
@@ -123,7 +124,12 @@ def build_views(
         whole_image: add the whole image as a view of all its objects.
         zoom: add the zoomed windows that ``segment_boxes`` would use.
         precision: encoder precision (None: the configured default).
-        cache: ``{key: ImageEmbedding}`` reused across calls (and runs, if kept).
+        cache: an :class:`EmbeddingCache` reused across calls (and runs, if kept),
+            keyed as every embedding (:func:`napari_sam.embed.compute_embeddings`).
+        store_folder: a folder of embedding stores, one per image (see
+            :func:`napari_sam.store.store_in_folder`): views are read from it and
+            written to it as computed, so a resumed run or the next round of the data
+            engine on the same images does not run the encoder again.
         progress: ``progress(done, total)`` in images.
         cancel: polled before each image; True stops with :class:`Cancelled`.
 
@@ -132,7 +138,10 @@ def build_views(
     """
     from ..automatic.amg import Cancelled
     from ..automatic.windows import plan_windows
+    from ..embed import compute_embeddings
+    from ..embedding import EmbeddingKey, image_signature
     from ..precision import resolve_precision
+    from ..store import EmbeddingStore, store_in_folder
 
     precision = resolve_precision(precision, model.spec)
     size = model.spec.image_size
@@ -155,15 +164,14 @@ def build_views(
                 members = np.flatnonzero(owner == index)
                 if members.size:
                     plan.append((tuple(int(v) for v in window), members))
-        key = image_key(rgb)
-        for window, members in plan:
+        store = None
+        if store_folder is not None:
+            key = EmbeddingKey.create(image_signature(rgb), model, precision)
+            store = EmbeddingStore(store_in_folder(store_folder, key, item.name), cache=cache)
+        embeddings = compute_embeddings(model, rgb, windows=[window for window, _ in plan], cache=cache,
+                                        store=store, precision=precision, rgb_ready=True)
+        for (window, members), embedding in zip(plan, embeddings):
             x0, y0, x1, y1 = window
-            cache_key = (key, window, model.spec.name, model.spec.sha256, precision)
-            embedding = None if cache is None else cache.get(cache_key)
-            if embedding is None:
-                embedding = embed_image(model, np.ascontiguousarray(rgb[y0:y1, x0:x1]), precision=precision)
-                if cache is not None:
-                    cache[cache_key] = embedding
             sy, sx = embedding.scale
             local = boxes[members] - np.array([x0, y0, x0, y0], dtype=np.float64)
             local = np.clip(local, 0, [x1 - x0, y1 - y0, x1 - x0, y1 - y0]) * np.array([sx, sy, sx, sy])
