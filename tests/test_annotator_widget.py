@@ -432,3 +432,77 @@ def test_closing_the_viewer_after_a_stack_session_exits_cleanly(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed" in done.stdout and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------- found by driving the widget
+
+
+def test_undo_brings_the_prompts_back_and_says_when_nothing_is_left(open_annotator, lite_medsam, coins_reference):
+    coins, reference, boxes = coins_reference
+    viewer, widget = open_annotator(coins, lite_medsam, name="coins")
+    widget.boxes_layer.add_rectangles(rectangle(boxes[1]))
+    widget.wait_until_ready()
+    assert widget.commit() == [1]
+    assert len(widget.boxes_layer.data) == 0  # the prompt was consumed
+    widget.undo_commit()
+    assert not viewer.layers["SAM labels"].data.any()
+    assert len(widget.boxes_layer.data) == 1  # ... and is back: commit again without redrawing
+    widget.wait_until_ready()
+    assert iou(widget.preview_layer.data > 0, reference == 1) > 0.9
+    assert widget.commit() == [1]
+    widget.undo_commit()
+    with pytest.raises(SamkitError, match="Nothing to undo"):
+        widget.undo_commit()
+
+
+def test_each_image_commits_into_its_own_labels(open_annotator, lite_medsam, coins_reference):
+    coins, reference, boxes = coins_reference
+    viewer, widget = open_annotator(coins, lite_medsam, name="first")
+    widget.boxes_layer.add_rectangles(rectangle(boxes[1]))
+    widget.wait_until_ready()
+    widget.commit()
+    first_labels = widget.labels_layer
+    second = viewer.add_image(coins.copy(), name="second")  # same shape
+    widget.set_image_layer(second)
+    widget.wait_until_ready(timeout=300)
+    assert widget.labels_layer is None  # 'new layer', not the first image's labels
+    widget.boxes_layer.add_rectangles(rectangle(boxes[2]))
+    widget.wait_until_ready()
+    widget.commit()
+    assert widget.labels_layer is not first_labels
+    assert sorted(np.unique(first_labels.data)) == [0, 1]  # untouched by the second image's commit
+    widget.set_image_layer("first")
+    widget.wait_until_ready(timeout=300)
+    assert widget.labels_layer is first_labels  # back on the first image: its own labels again
+
+
+def test_toggling_the_next_label_leaves_existing_points_as_they_are(open_annotator, points_model, coins_reference):
+    coins, reference, _ = coins_reference
+    viewer, widget = open_annotator(coins, points_model)
+    centre = np.array(measure.regionprops((reference == 14).astype(int))[0].centroid)
+    viewer.layers.selection.active = widget.points_layer
+    keys = viewer.window._qt_viewer._key_map_handler
+    keys.press_key("T")  # next: negative
+    widget.points_layer.add(centre)
+    keys.press_key("T")  # next: positive again; the red point must stay red and negative
+    assert widget.points_layer.features["label"].tolist() == ["negative"]
+    np.testing.assert_allclose(widget.points_layer.face_color[0], [1.0, 0.2, 0.2, 1.0])
+    widget.wait_until_ready()
+
+
+def test_deleted_prompt_layers_are_made_again_and_nothing_of_them_is_committed(open_annotator, lite_medsam,
+                                                                                coins_reference, qtbot):
+    coins, reference, boxes = coins_reference
+    viewer, widget = open_annotator(coins, lite_medsam, name="coins")
+    widget.boxes_layer.add_rectangles(rectangle(boxes[1]))
+    widget.wait_until_ready()
+    assert widget.preview_masks.any()
+    viewer.layers.remove(widget.boxes_layer)
+    assert not widget.preview_masks.any()
+    with pytest.raises(SamkitError, match="Nothing to commit"):
+        widget.commit()  # the deleted box's object is not written
+    qtbot.waitUntil(lambda: widget.boxes_layer in viewer.layers, timeout=10_000)
+    widget.boxes_layer.add_rectangles(rectangle(boxes[2]))  # new boxes go to a layer of the viewer
+    widget.wait_until_ready()
+    assert iou(widget.preview_layer.data > 0, reference == 2) > 0.9
+    assert widget.commit() == [1]

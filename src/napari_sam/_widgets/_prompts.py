@@ -57,6 +57,9 @@ class PromptLayers:
     def set_next_label(self, label: str) -> None:
         self.next_label = label
         if self.points is not None:
+            # napari applies the current colour to the selected points (the last one added
+            # is selected): unselect first, so existing points keep their colour and label
+            self.points.selected_data = set()
             self.points.feature_defaults = {"label": label}
             self.points.current_face_color = L.POINT_COLORS[label]
 
@@ -141,6 +144,34 @@ class PromptLayers:
         with self.points.events.data.blocker(), self.boxes.events.data.blocker():
             L.remove_rows(self.points, point_rows)
             L.remove_rows(self.boxes, box_rows)
+
+    def take(self, point_rows, box_rows) -> tuple:
+        """Remove points and boxes (as :meth:`remove`) and return them for :meth:`put_back`."""
+        point_rows = np.asarray(point_rows, dtype=np.int64)
+        taken = (self.points.data[point_rows].copy(), self.point_labels()[point_rows].copy(),
+                 [np.array(self.boxes.data[i]) for i in box_rows])
+        self.remove(point_rows, box_rows)
+        return taken
+
+    def put_back(self, taken: tuple) -> None:
+        """Add prompts returned by :meth:`take` again (their points keep their labels)."""
+        coords, labels, boxes = taken
+        if len(coords):
+            previous = self.next_label
+            try:
+                for label in (L.POSITIVE, L.NEGATIVE):
+                    chosen = labels == label
+                    if chosen.any():
+                        self.set_next_label(label)
+                        self.points.add(coords[chosen])
+            finally:
+                self.set_next_label(previous)
+        if boxes:
+            self.boxes.add_rectangles(boxes)
+
+    def missing(self) -> bool:
+        """True if the user deleted the points or the boxes layer from the viewer."""
+        return any(layer is not None and layer not in self.viewer.layers for layer in (self.points, self.boxes))
 
     def clear_plane(self, geometry: PlaneGeometry) -> None:
         """Remove every point and box on the plane of ``geometry``."""

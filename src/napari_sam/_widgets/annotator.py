@@ -60,7 +60,9 @@ class AnnotatorWidget(Container):
         self._wanted_key = self._ready_key = None
         self._signature = self._store = None  # the image's signature; the EmbeddingStore in use
         self._last_error: str | None = None
-        self._last_commit_layer = self._watched_image = None
+        self._watched_image = None
+        self._commits: list[tuple] = []  # (labels layer, prompts taken) per commit, for undo
+        self._targets: dict[int, object] = {}  # image layer id -> the labels layer it was committed to
         self._lifetime = Lifetime()  # over when the widget is closed: no result is shown then
         self._jobs = EmbeddingJobs(self._on_embedding, self._on_embedding_error, cache=self.cache,
                                    lifetime=self._lifetime)
@@ -166,9 +168,25 @@ class AnnotatorWidget(Container):
         return None if value == NEW_LABELS else value
 
     def _on_layers_changed(self, event=None) -> None:
+        if self.prompts.missing() or (self.preview_layer is not None and self.preview_layer not in self.viewer.layers):
+            from qtpy.QtCore import QTimer
+
+            self._show([])  # nothing from a deleted layer is committed
+            QTimer.singleShot(0, self._restore_own_layers)  # not inside the layer list's own event
         self.reset_choices()
         if self.controls.image.value is None and self._image_choices():
             self.controls.image.value = self._image_choices()[-1][1]
+
+    def _restore_own_layers(self) -> None:
+        """Make the prompt and preview layers again after the user deleted one (not while closing)."""
+        if not self._lifetime or self._frame is None or self._frame.layer not in self.viewer.layers:
+            return
+        if self.prompts.missing():
+            self.prompts.ensure(self._frame)
+        if not L.matches(self.preview_layer, self.viewer, self._frame.ndim):
+            self.preview_layer = L.make_preview_layer(self.viewer, self._frame)
+        self._select_prompt_layer()
+        self.update_preview()
 
     def set_image_layer(self, layer) -> None:
         """Annotate ``layer`` (an Image layer or its name)."""
@@ -198,6 +216,9 @@ class AnnotatorWidget(Container):
         self._watched_image = layer
         layer.events.data.connect(self._on_image_data)
         self.reset_choices()
+        target = self._targets.get(id(layer))  # the labels this image was committed to, else a new layer
+        c.labels.value = target if target is not None and target in self.viewer.layers and \
+            target.data.shape == frame.shape else NEW_LABELS
         self._select_prompt_layer()
         self._on_dims()
 
@@ -477,12 +498,14 @@ class AnnotatorWidget(Container):
             raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
                              f"{self._frame.shape}; choose 'new layer' under Labels.")
         result = write_objects(layer, self._geometry, self.preview_masks, mode or self.controls.mode.value)
-        self._last_commit_layer = layer
         written = [o for o, i in zip(self._objects, result.ids) if i]
-        self.prompts.remove(
+        taken = self.prompts.take(
             np.concatenate([o.point_indices for o in written]) if written else [],
             [o.box_index for o in written if o.box_index is not None],
         )
+        if written:
+            self._commits.append((layer, taken))
+            self._targets[id(self._frame.layer)] = layer
         self.memory.clear()
         self.update_preview()
         self.controls.set_status(commit_message(layer.name, result))
@@ -490,8 +513,13 @@ class AnnotatorWidget(Container):
         return ids
 
     def undo_commit(self) -> None:
-        """Undo the last change of the labels layer that received the last commit."""
-        if self._last_commit_layer is None or self._last_commit_layer not in self.viewer.layers:
-            raise PromptError("Nothing to undo: no commit yet.")
-        self._last_commit_layer.undo()
-        self.controls.set_status(f"Undid the last change of '{self._last_commit_layer.name}'.")
+        """Undo the last commit: its labels layer goes back one step and its prompts come back."""
+        while self._commits and self._commits[-1][0] not in self.viewer.layers:
+            self._commits.pop()  # that labels layer was deleted
+        if not self._commits:
+            raise PromptError("Nothing to undo: no commit of this session is left to undo.")
+        layer, taken = self._commits.pop()
+        layer.undo()
+        if not self.prompts.missing():
+            self.prompts.put_back(taken)  # the prompts come back: fix them and commit again
+        self.controls.set_status(f"Undid the last commit into '{layer.name}'; its prompts are back.")
