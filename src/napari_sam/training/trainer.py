@@ -297,11 +297,10 @@ def fine_tune(
             if cancel is not None and cancel():
                 stopped = "cancelled"
                 break
+            optimizer.zero_grad(set_to_none=True)
             loss = training_loss(model, samples, point_fraction=settings.point_fraction,
                                  box_noise=settings.box_noise, correction_rounds=settings.correction_rounds,
-                                 generator=generator, image_pe=image_pe)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                                 generator=generator, image_pe=image_pe, backward=True)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             losses.append(float(loss.detach()))
