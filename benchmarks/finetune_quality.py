@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/finetune_quality.py [--only phase-bacteria,hela-nuclei,dsb2018] [--epochs 4]
     python benchmarks/finetune_quality.py --epoch-time 20   # one epoch on 20 HeLa frames: time, memory
+    python benchmarks/finetune_quality.py --automatic /tmp/samkit-bench-models-XXXX  # segment-everything F1
 """
 
 from __future__ import annotations
@@ -169,6 +170,26 @@ def run_dataset(name: str, train, held_out, epochs: int, models_dir: str) -> dic
     return {"round1": round1, "round2": round2, "history": result.history, "seconds": train_seconds}
 
 
+def automatic_quality(name: str, held_out, models_dir: str) -> None:
+    """Segment-everything on the held-out images with the base and the fine-tuned model: F1 at IoU 0.5."""
+    from napari_sam import generate_masks, load_model, masks_to_labels
+    from napari_sam.evaluation import f1_score, mean_matched_iou
+
+    for model_name in ("lite_medsam", f"bench-{name}"):
+        model = load_model(model_name)
+        f1, matched, found, seconds = [], [], [], 0.0
+        for image, labels in held_out:
+            started = time.perf_counter()
+            pred = masks_to_labels(generate_masks(image, model), shape=labels.shape)
+            seconds += time.perf_counter() - started
+            f1.append(f1_score(labels, pred))
+            matched.append(mean_matched_iou(labels, pred))
+            found.append(len(np.unique(pred)) - 1)
+        print(f"  automatic, {model_name}: F1@0.5 {np.mean(f1):.3f}, matched IoU {np.nanmean(matched):.3f}, "
+              f"{sum(found)} objects found of {sum(len(np.unique(l)) - 1 for _, l in held_out)} "
+              f"({seconds:.0f} s)", flush=True)
+
+
 def epoch_time(images: int, models_dir: str) -> None:
     """One epoch on ``images`` HeLa frames (the issue's 20-image figure): embedding, epoch time, memory."""
     import tifffile
@@ -204,19 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated dataset names (phase-bacteria, hela-nuclei, dsb2018)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--epoch-time", type=int, metavar="N", help="time one epoch on N HeLa frames instead")
+    parser.add_argument("--automatic", metavar="MODELS_DIR",
+                        help="segment-everything on the held-out images with the base and the models a previous "
+                             "run saved in MODELS_DIR (it prints that folder)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    models_dir = tempfile.mkdtemp(prefix="samkit-bench-models-")
+    models_dir = args.automatic or tempfile.mkdtemp(prefix="samkit-bench-models-")
     os.environ["NAPARI_SAMKIT_MODELS"] = models_dir
+    print(f"models folder: {models_dir}", flush=True)
     if args.epoch_time:
         epoch_time(args.epoch_time, models_dir)
         return 0
     only = set(args.only.split(",")) if args.only else None
     for name, (train, held_out) in datasets(only).items():
-        run_dataset(name, train, held_out, args.epochs, models_dir)
+        if args.automatic:
+            print(f"\n{name}:", flush=True)
+            automatic_quality(name, held_out, models_dir)
+        else:
+            run_dataset(name, train, held_out, args.epochs, models_dir)
     return 0
 
 

@@ -122,3 +122,33 @@ def test_core_never_imports_napari_or_qt():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda t: t.to(torch.int64), "not floating point"),
+    (lambda t: t.bool(), "not floating point"),
+    (lambda t: t.clone().index_fill_(0, torch.tensor([0]), float("nan")), "NaN or infinite"),
+    (lambda t: t.to_sparse(), "sparse"),
+])
+def test_weights_that_would_compute_garbage_are_refused(tmp_path, lite_state_dict, spoil, message):
+    name = "mask_decoder.iou_prediction_head.layers.0.weight"
+    spoiled = dict(lite_state_dict)
+    spoiled[name] = spoil(spoiled[name])
+    path = tmp_path / "spoiled.pth"
+    torch.save(spoiled, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+def test_a_registry_name_means_the_registry_even_with_a_file_of_that_name_here(tmp_path, monkeypatch,
+                                                                               lite_state_dict):
+    spoiled = dict(lite_state_dict)
+    spoiled["mask_decoder.iou_prediction_head.layers.0.weight"] = torch.zeros_like(
+        spoiled["mask_decoder.iou_prediction_head.layers.0.weight"])
+    torch.save(spoiled, tmp_path / "lite_medsam")  # planted in the current folder, unverified
+    monkeypatch.chdir(tmp_path)
+    model = load_model("lite_medsam")
+    assert model.spec.sha256 == get_spec("lite_medsam").sha256 and model.spec.embedded_in  # the verified weights
+    assert bool(model.mask_decoder.iou_prediction_head.layers[0].weight.abs().sum() > 0)
+    local = load_model("./lite_medsam")  # a path: the file, as asked
+    assert not bool(local.mask_decoder.iou_prediction_head.layers[0].weight.abs().sum() > 0)

@@ -197,3 +197,15 @@ def test_segment_everything_with_boxes_on_synthetic_fluorescence(model):
         assert r["segmentation"][y : y + h + 1, x : x + w + 1].sum() == r["area"]
     m = match_instances(gt, labels)
     assert m.f1 >= 0.8, (m.tp, m.fp, m.fn)
+
+
+def test_segment_from_labels_keeps_ids_beyond_32_bits(model):
+    """int64 ids of 2**32 or more were wrapped into uint32: 2**32 + 1 merged with 1, 2**40 became 0."""
+    image, regions = coin_masks()
+    ids = [1, 2**32 + 1, 2**40]
+    rough = np.zeros(image.shape, np.int64)
+    for object_id, r in zip(ids, regions[:3]):
+        rough[r.slice][r.image] = object_id
+    refined = segment_from_labels(image, rough, model)
+    assert refined.dtype == np.uint64
+    assert set(np.unique(refined).tolist()) - {0} == set(ids)

