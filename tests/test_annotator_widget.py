@@ -506,3 +506,16 @@ def test_deleted_prompt_layers_are_made_again_and_nothing_of_them_is_committed(o
     widget.wait_until_ready()
     assert iou(widget.preview_layer.data > 0, reference == 2) > 0.9
     assert widget.commit() == [1]
+
+
+def test_box_outlines_stay_a_few_screen_pixels_wide_at_any_zoom(open_annotator, lite_medsam):
+    """On a 4000 x 4000 image the outlines were 13 data pixels wide and hid small objects."""
+    from napari_sam._widgets._layers import BOX_EDGE_SCREEN_PX, camera
+
+    viewer, widget = open_annotator(np.zeros((4000, 4000), np.uint8), lite_medsam)
+    widget.boxes_layer.add_rectangles(rectangle((100, 100, 140, 150)))
+    for zoom in (0.1, 1.0, 8.0):
+        camera(viewer).zoom = zoom
+        width = widget.boxes_layer.edge_width[0]
+        assert width * zoom == pytest.approx(BOX_EDGE_SCREEN_PX)  # screen pixels
+        assert widget.boxes_layer.current_edge_width == pytest.approx(width)

@@ -20,6 +20,23 @@ LABELS_NAME = "SAM labels"
 POSITIVE, NEGATIVE = "positive", "negative"
 POINT_COLORS = {POSITIVE: np.array([0.2, 1.0, 0.2, 1.0]), NEGATIVE: np.array([1.0, 0.2, 0.2, 1.0])}
 BOX_EDGE_COLOR = "#ffd400"
+#: Box outlines are this many screen pixels wide at every zoom (see :func:`box_edge_width`).
+BOX_EDGE_SCREEN_PX = 2.0
+
+
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def box_edge_width(zoom: float, scale: float = 1.0) -> float:
+    """The edge width, in data units, of a box outline :data:`BOX_EDGE_SCREEN_PX` screen pixels wide.
+
+    ``zoom`` is the camera's screen pixels per world unit, ``scale`` the layer's world
+    units per data pixel.
+    """
+    return BOX_EDGE_SCREEN_PX / max(zoom * scale, 1e-6)
 
 
 class ImageFrame:

@@ -87,6 +87,7 @@ class AnnotatorWidget(Container):
         c.clear.clicked.connect(lambda: self._gui(self.clear_prompts))
         self._connections = [(self.viewer.layers.events.inserted, self._on_layers_changed),
                              (self.viewer.layers.events.removed, self._on_layers_changed)]
+        self._connections.append((L.camera(self.viewer).events.zoom, self._on_zoom))
         self._connections += [(event, self._on_dims) for event in (
             self.viewer.dims.events.current_step, self.viewer.dims.events.ndisplay, self.viewer.dims.events.order)]
         for event, handler in self._connections:
@@ -177,6 +178,16 @@ class AnnotatorWidget(Container):
         if self.controls.image.value is None and self._image_choices():
             self.controls.image.value = self._image_choices()[-1][1]
 
+    def _on_zoom(self, event=None) -> None:
+        """Keep box outlines a few screen pixels wide at any zoom (13 px wide data edges hid small cells)."""
+        boxes = self.boxes_layer
+        if boxes is None or boxes not in self.viewer.layers:
+            return
+        width = L.box_edge_width(L.camera(self.viewer).zoom, float(boxes.scale[-1]))
+        boxes.current_edge_width = width
+        if len(boxes.data):
+            boxes.edge_width = [width] * len(boxes.data)
+
     def _restore_own_layers(self) -> None:
         """Make the prompt and preview layers again after the user deleted one (not while closing)."""
         if not self._lifetime or self._frame is None or self._frame.layer not in self.viewer.layers:
@@ -216,6 +227,7 @@ class AnnotatorWidget(Container):
         self._watched_image = layer
         layer.events.data.connect(self._on_image_data)
         self.reset_choices()
+        self._on_zoom()
         target = self._targets.get(id(layer))  # the labels this image was committed to, else a new layer
         c.labels.value = target if target is not None and target in self.viewer.layers and \
             target.data.shape == frame.shape else NEW_LABELS
