@@ -256,3 +256,19 @@ def test_predict_objects_batches_boxes_and_feeds_back_logits():
     medsam = _RecordingPredictor(get_spec("lite_medsam"))
     predict_objects(medsam, refined, memory)
     assert medsam.calls[-1]["mask_input"] is None
+
+
+def test_fill_background_leaves_no_slivers_between_existing_labels():
+    """A mask spilling past an existing object left 1-pixel fragments on its far side."""
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:35, 20:22] = 3  # a wall, two pixels thick
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 8:20] = True  # the object, left of the wall
+    mask[15, 20:23] = True  # ... and a spill one pixel past it
+    fill = commit_masks(labels, mask, "fill_background")
+    assert (fill.plane == 4).sum() == 20 * 12  # the object, without the sliver at (15, 22)
+    assert fill.plane[15, 22] == 0
+    halves = np.zeros((40, 40), bool)
+    halves[10:30, 8:34] = True  # an object the wall cuts into two large parts: both are kept
+    both = commit_masks(labels, halves, "fill_background")
+    assert (both.plane == 4).sum() == (halves & (labels == 0)).sum()

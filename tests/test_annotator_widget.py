@@ -519,3 +519,16 @@ def test_box_outlines_stay_a_few_screen_pixels_wide_at_any_zoom(open_annotator, 
         width = widget.boxes_layer.edge_width[0]
         assert width * zoom == pytest.approx(BOX_EDGE_SCREEN_PX)  # screen pixels
         assert widget.boxes_layer.current_edge_width == pytest.approx(width)
+
+
+def test_labels_placed_elsewhere_are_not_offered_as_commit_targets(open_annotator, lite_medsam, coins_reference):
+    """A Labels layer of the image's shape but translated by (50, 50) was offered, and objects landed 50 px off."""
+    coins, _, _ = coins_reference
+    viewer, widget = open_annotator(coins, lite_medsam, name="coins")
+    aligned = viewer.add_labels(np.zeros(coins.shape, np.uint16), name="aligned")
+    viewer.add_labels(np.zeros(coins.shape, np.uint16), name="shifted", translate=(50, 50))
+    viewer.add_labels(np.zeros(coins.shape, np.uint16), name="scaled", scale=(2, 2))
+    viewer.add_labels(np.zeros(coins.shape, np.uint16), name="rotated", rotate=30)
+    offered = [name for name, _ in widget._labels_choices()]
+    assert "aligned" in offered and not {"shifted", "scaled", "rotated"} & set(offered)
+    assert widget.controls.labels.choices.count(aligned) == 1

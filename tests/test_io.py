@@ -91,3 +91,15 @@ def test_overlay_marks_objects():
     np.testing.assert_array_equal(picture[0:50, 0:50], rgb[0:50, 0:50])  # background untouched
     assert (picture[100, 100:200] == 255).all()  # white outline
     assert not np.array_equal(picture[150, 150], rgb[150, 150])  # tinted inside
+
+
+def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    import napari_sam.io as io
+
+    path = tmp_path / "large.tif"
+    tifffile.imwrite(path, np.zeros((1000, 1000), np.uint16), compression="zlib")  # 2 MB decoded, a few kB on disk
+    monkeypatch.setattr(io, "physical_memory_bytes", lambda: 3_000_000)  # a machine of 3 MB
+    with pytest.raises(InputFileError, match=r"1000 x 1000 uint16 image.*Open it lazily"):
+        io.read_image(path)
+    monkeypatch.setattr(io, "physical_memory_bytes", lambda: 8 * 2**30)
+    assert io.read_image(path).shape == (1000, 1000)

@@ -145,8 +145,10 @@ def test_present_file_is_not_downloaded_again(spec, server, tmp_path, monkeypatc
     assert weights.ensure_weights(spec, cache=tmp_path) == first
     assert server.requests == 1
 
-    # A new process trusts the stamp written after the verified download: no re-hash ...
+    # A new process trusts the stamp of a large file (here: the limit lowered below the
+    # payload) written after the verified download: no re-hash ...
     weights._verified_in_process.clear()
+    monkeypatch.setattr(weights, "REHASH_UP_TO_BYTES", len(PAYLOAD) - 1)
 
     def no_hashing(path):
         raise AssertionError("hashed a file whose stamp is current")
@@ -163,6 +165,17 @@ def test_present_file_is_not_downloaded_again(spec, server, tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match="SHA-256"):
         weights.ensure_weights(spec, cache=tmp_path)
     assert server.requests == 1
+
+
+def test_a_small_checkpoint_edited_in_place_with_its_mtime_restored_is_caught(spec, server, tmp_path):
+    """The stamp checks size and mtime only: files up to REHASH_UP_TO_BYTES are hashed in every process."""
+    path = weights.download_weights(spec, cache=tmp_path)
+    stat = path.stat()
+    path.write_bytes(bytes(reversed(PAYLOAD)))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime restored
+    weights._verified_in_process.clear()  # a new process
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        weights.ensure_weights(spec, cache=tmp_path, allow_download=False)
 
 
 def test_wrong_hash_file_is_never_used_and_download_replaces_it(spec, server, tmp_path):

@@ -362,6 +362,29 @@ def next_free_id(labels: np.ndarray) -> int:
     return int(labels.max(initial=0)) + 1
 
 
+#: Around existing labels, the part of an object smaller than this share of its largest part is
+#: not written (slivers of a pixel or two that a mask leaves between labelled objects).
+FRAGMENT_SHARE = 0.1
+
+
+def drop_fragments(mask: np.ndarray, share: float = FRAGMENT_SHARE) -> np.ndarray:
+    """``mask`` without its connected parts smaller than ``share`` of its largest part (8-connected)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return mask
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    parts, n = ndimage.label(mask[window], structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(parts.ravel())[1:]
+    keep = np.concatenate([[False], sizes >= share * sizes.max()])
+    out = np.zeros_like(mask)
+    out[window] = keep[parts]
+    return out
+
+
 def commit_masks(
     label_plane: np.ndarray,
     masks: np.ndarray,
@@ -374,7 +397,7 @@ def commit_masks(
         label_plane: ``H x W`` integer labels (0 = background); not modified.
         masks: ``K x H x W`` bool, one mask per object (``H x W`` for one object).
         mode: ``"fill_background"`` (default: existing labels stay, objects fill the
-            unlabelled pixels), ``"keep"`` (an object touching any existing label is
+            unlabelled pixels, without slivers: see :func:`drop_fragments`), ``"keep"`` (an object touching any existing label is
             not written at all) or ``"overwrite"`` (objects replace existing labels).
             Among the new objects the first wins overlaps, except in overwrite mode
             where later objects win.
@@ -410,6 +433,8 @@ def commit_masks(
         owner = k - 1 - masks[::-1].argmax(axis=0)
     else:
         masks = masks & ~existing
+        if mode == "fill_background":
+            masks = np.stack([drop_fragments(mask) for mask in masks])
         covered = masks.any(axis=0)
         owner = masks.argmax(axis=0)
     owners = owner[covered]

@@ -36,7 +36,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tiff:
+                series = tiff.series[0]
+                check_fits_in_memory(path, series.shape, series.dtype)
+                return np.asarray(series.asarray())
         from PIL import Image
 
         with Image.open(path) as handle:
@@ -47,6 +50,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as error:  # any decoder failure: say which file and why
         raise InputFileError(f"Cannot read image {path}: {type(error).__name__}: {error}") from None
+
+
+#: An image may take at most this share of the machine's memory once decoded.
+MEMORY_SHARE = 0.5
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's memory in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(path: Path, shape, dtype) -> None:
+    """Refuse, before decoding, an image whose declared size would not fit (a 3 MB file may declare 60000^2)."""
+    needed = int(np.prod([int(s) for s in shape], dtype=np.float64)) * np.dtype(dtype).itemsize
+    memory = physical_memory_bytes()
+    if memory is not None and needed > MEMORY_SHARE * memory:
+        raise InputFileError(
+            f"{path} declares a {' x '.join(str(int(s)) for s in shape)} {np.dtype(dtype)} image: "
+            f"{needed / 2**30:.1f} GB decoded, more than half of this machine's {memory / 2**30:.1f} GB. Open it "
+            "lazily instead (as zarr/OME-Zarr or a dask array, in Python or napari), or crop it first."
+        )
 
 
 def label_dtype(max_label: int) -> np.dtype:

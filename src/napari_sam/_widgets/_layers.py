@@ -87,6 +87,19 @@ class ImageFrame:
         return {"scale": tuple(self.scale), "translate": tuple(self.translate)}
 
 
+def placed_like(layer, frame: ImageFrame) -> bool:
+    """True if ``layer`` lies on the image pixel for pixel: same shape, scale and translate, no rotation
+    or shear (a commit writes pixels by index, so any other placement would shift or warp them)."""
+    if tuple(layer.data.shape) != tuple(frame.shape):
+        return False
+    affine = np.asarray(layer.affine.affine_matrix, dtype=float)
+    extra = np.asarray(layer.rotate, dtype=float), np.asarray(layer.shear, dtype=float)
+    return (np.allclose(np.asarray(layer.scale, float), frame.scale)
+            and np.allclose(np.asarray(layer.translate, float), frame.translate)
+            and np.allclose(affine, np.eye(len(affine))) and np.allclose(extra[0], np.eye(len(extra[0])))
+            and np.allclose(extra[1], 0))
+
+
 def matches(layer, viewer, ndim: int) -> bool:
     """True if ``layer`` is still in the viewer and has ``ndim`` dimensions."""
     return layer is not None and layer in viewer.layers and layer.ndim == ndim

@@ -142,10 +142,12 @@ class AnnotatorWidget(Container):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _labels_choices(self, _widget=None):
-        shape = None if self._frame is None else self._frame.shape
+        """'new layer', and the Labels layers that lie on the image pixel for pixel."""
+        if self._frame is None:
+            return [(NEW_LABELS, NEW_LABELS)]
         return [(NEW_LABELS, NEW_LABELS)] + [
             (layer.name, layer) for layer in self.viewer.layers
-            if isinstance(layer, Labels) and layer is not self.preview_layer and layer.data.shape == shape
+            if isinstance(layer, Labels) and layer is not self.preview_layer and L.placed_like(layer, self._frame)
         ]
 
     @property
