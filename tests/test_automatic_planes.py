@@ -11,7 +11,7 @@ from skimage import draw
 
 from napari_sam.automatic import Cancelled, generate_masks
 from napari_sam.automatic import planes as P
-from napari_sam.cli import AMG_PARAMETERS as CLI_PARAMETERS
+from napari_sam.automatic.parameters import AMG_PARAMETERS
 from napari_sam.errors import ImageError, PromptError, SamkitError
 
 
@@ -24,28 +24,41 @@ def rectangle(r0, c0, r1, c1, lead=()):
 
 
 def test_parameters_have_the_official_defaults_and_ranges():
+    from napari_sam.cli import _parser
+
     signature = inspect.signature(generate_masks).parameters
-    assert set(P.AMG_PARAMETERS) == set(CLI_PARAMETERS)
-    for name, p in P.AMG_PARAMETERS.items():
-        assert p.default == signature[name].default == CLI_PARAMETERS[name][1], name
-        assert p.minimum <= p.default <= p.maximum and p.kind is CLI_PARAMETERS[name][0]
+    segment = next(a for a in _parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("segment"))
+    flags = {action.dest: action for action in segment._actions}
+    for name, p in AMG_PARAMETERS.items():
+        assert p.default == signature[name].default == flags[name].default, name  # one table, three places
+        assert flags[name].type is p.kind and f"default {p.default:g}" in flags[name].help
+        assert p.minimum <= p.default <= p.maximum
         assert len(p.tooltip) > 30
-    assert P.AMG_PARAMETERS["crop_overlap_ratio"].default == 512 / 1500
-    assert P.amg_kwargs() == {name: p.default for name, p in P.AMG_PARAMETERS.items()}
+    assert AMG_PARAMETERS["crop_overlap_ratio"].default == 512 / 1500
+    assert P.amg_kwargs() == {name: p.default for name, p in AMG_PARAMETERS.items()}
     chosen = P.amg_kwargs({"points_per_side": 16.0, "pred_iou_thresh": 0.5})
     assert chosen["points_per_side"] == 16 and isinstance(chosen["points_per_side"], int)
     assert chosen["pred_iou_thresh"] == 0.5 and chosen["box_nms_thresh"] == 0.7
 
 
 @pytest.mark.parametrize("values, text", [
-    ({"points_per_sid": 3}, "Unknown parameter 'points_per_sid'"),
-    ({"points_per_side": 0}, "points_per_side must lie between 1 and 256"),
-    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh must lie between 0 and 1"),
+    ({"points_per_sid": 3}, "Unknown automatic segmentation parameter.*points_per_sid"),
+    ({"points_per_side": 0}, "points_per_side must be between 1 and 256"),
+    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh must be between 0 and 1"),
+    ({"pred_iou_thresh": float("nan")}, "pred_iou_thresh must be between 0 and 1"),
+    ({"box_nms_thresh": -1}, "box_nms_thresh must be between 0 and 1"),
+    ({"crop_overlap_ratio": -0.5}, "crop_overlap_ratio must be between 0 and 0.99"),
+    ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor must be between 1 and 16"),
+    ({"crop_n_layers": 5}, "crop_n_layers must be between 0 and 4"),
     ({"crop_n_layers": 1.5}, "crop_n_layers must be a whole number"),
+    ({"points_per_batch": "many"}, "points_per_batch must be a number"),
 ])
 def test_bad_parameters_are_refused_with_a_message(values, text):
-    with pytest.raises(SamkitError, match=text):
+    with pytest.raises(PromptError, match=text):
         P.amg_kwargs(values)
+    if set(values) <= set(AMG_PARAMETERS):  # (an unknown keyword is Python's TypeError there)
+        with pytest.raises(PromptError, match=text):  # the same check in generate_masks itself
+            generate_masks(np.zeros((32, 32), np.uint8), None, **values)
 
 
 def test_strategy_names_and_result_names():

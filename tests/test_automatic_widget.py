@@ -15,7 +15,7 @@ from coins_reference import coin_masks, iou
 from napari.utils.notifications import notification_manager
 
 from napari_sam._widgets.automatic import AutomaticSegmentationWidget
-from napari_sam.automatic.planes import AMG_PARAMETERS
+from napari_sam.automatic.parameters import AMG_PARAMETERS
 
 pytestmark = pytest.mark.gui
 
@@ -104,8 +104,12 @@ def test_plugin_widget_defaults_and_segment_everything(make_napari_viewer, qtbot
     _, widget = viewer.window.add_plugin_dock_widget("napari-samkit", "Automatic segmentation")
     assert isinstance(widget, AutomaticSegmentationWidget)
     try:
-        # every parameter with Meta's default and a tooltip that says what it does
-        assert widget.parameter_values() == {name: p.default for name, p in AMG_PARAMETERS.items()}
+        # every parameter with Meta's default and a tooltip that says what it does, except the two
+        # thresholds the box strategy of box-only lite_medsam replaces: the values it really uses
+        from napari_sam.automatic.box_strategy import effective_thresholds
+
+        used = dict(zip(("pred_iou_thresh", "stability_score_thresh"), effective_thresholds(None, None)))
+        assert widget.parameter_values() == {name: used.get(name, p.default) for name, p in AMG_PARAMETERS.items()}
         for name, p in AMG_PARAMETERS.items():
             assert p.tooltip[:40] in widget.params[name].tooltip
         assert widget.model.value == "lite_medsam" and widget.strategy.value == "auto"

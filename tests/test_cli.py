@@ -65,6 +65,10 @@ def test_models_lists_the_embedded_default(capsys):
         (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--boxes", "{folder}/bad.csv"], 2, "not a number"),
         (["segment", "{folder}/coins.png", "-o", "{folder}/x.png", "--boxes", "{folder}/boxes.csv"], 2, "TIFF"),
         (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--mode", "prompts"], 2, "needs --boxes"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--crop-overlap-ratio", "-0.5"], 2,
+         "crop_overlap_ratio must be between 0 and 0.99"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--points-per-side", "0"], 2,
+         "points_per_side must be between 1 and 256"),
     ],
 )
 def test_errors_are_one_actionable_line(coins_files, capsys, args, code, message):

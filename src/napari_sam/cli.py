@@ -20,21 +20,6 @@ import argparse
 import sys
 import time
 
-#: The automatic generator's parameters with Meta's defaults: (flag type, default, help).
-AMG_PARAMETERS = {
-    "points_per_side": (int, 32, "grid points along each side of the image (strategy 'points')"),
-    "points_per_batch": (int, 64, "prompts decoded together (memory vs speed)"),
-    "pred_iou_thresh": (float, 0.88, "keep masks whose predicted IoU is above this"),
-    "stability_score_thresh": (float, 0.95, "keep masks whose stability score is above this"),
-    "stability_score_offset": (float, 1.0, "logit offset used to compute the stability score"),
-    "box_nms_thresh": (float, 0.7, "box IoU above which the weaker of two masks is dropped"),
-    "crop_n_layers": (int, 0, "layers of zoomed-in crops (0: whole image only)"),
-    "crop_nms_thresh": (float, 0.7, "box IoU for removing duplicates between crops"),
-    "crop_overlap_ratio": (float, 512 / 1500, "overlap of neighbouring crops, as a fraction of the crop"),
-    "crop_n_points_downscale_factor": (int, 1, "points per side shrink by this factor in each crop layer"),
-    "min_mask_region_area": (int, 0, "remove islands and holes smaller than this (pixels)"),
-}
-
 #: scikit-image pictures that ship inside its wheel (no download).
 SAMPLES = ("coins", "cell", "immunohistochemistry", "astronaut", "camera", "hubble_deep_field")
 
@@ -141,9 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", help="torch device (default: cpu)")
     embed.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
+    from .automatic.parameters import AMG_PARAMETERS
+
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
-    for name, (kind, default, text) in AMG_PARAMETERS.items():
-        group.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"{text} (default {default:g})")
+    for name, p in AMG_PARAMETERS.items():
+        group.add_argument("--" + name.replace("_", "-"), type=p.kind, default=p.default,
+                           help=f"{p.help} ({p.minimum:g} to {p.maximum:g}, default {p.default:g})")
     return parser
 
 
@@ -403,6 +391,7 @@ def _cmd_segment(args) -> int:
         labels = _segment_prompts(args, rgb, model, prompts, **stored)
     else:
         from .automatic import generate_masks, masks_to_labels
+        from .automatic.parameters import AMG_PARAMETERS
 
         params = {name: getattr(args, name) for name in AMG_PARAMETERS}
         records = generate_masks(rgb, model, strategy=args.strategy, precision=args.precision,

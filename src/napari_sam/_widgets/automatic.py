@@ -28,8 +28,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..automatic.parameters import AMG_PARAMETERS
 from ..automatic.planes import (
-    AMG_PARAMETERS,
     MODES,
     STRATEGY_HELP,
     StackRequest,
@@ -208,8 +208,22 @@ class AutomaticSegmentationWidget(Container):
         for name, widget in self.params.items():
             widget.visible = automatic
             widget.enabled = grid or not AMG_PARAMETERS[name].grid_only
+        self._show_thresholds_used(grid)
         layer = self.image.value
         self.current_plane.visible = layer is not None and len(self._spatial_shape(layer)) > 2
+
+    def _show_thresholds_used(self, grid: bool) -> None:
+        """Show the IoU and stability thresholds the strategy really uses: the box strategy replaces
+        Meta's defaults (0.88 / 0.95, tuned for point grids) with its own; values you typed stay."""
+        from ..automatic.box_strategy import effective_thresholds
+
+        meta = (AMG_PARAMETERS["pred_iou_thresh"].default, AMG_PARAMETERS["stability_score_thresh"].default)
+        boxes = effective_thresholds(None, None)
+        shown, wanted = (boxes, meta) if grid else (meta, boxes)
+        for name, old, new in zip(("pred_iou_thresh", "stability_score_thresh"), shown, wanted):
+            widget = self.params[name]
+            if abs(widget.value - old) < 1e-9:
+                widget.value = new
 
     @staticmethod
     def _spatial_shape(layer) -> tuple[int, ...]:

@@ -12,17 +12,19 @@
 from __future__ import annotations
 
 from .._lazy import lazy_attributes
-from .amg import Cancelled
-from .edges import edge_map
-from .generator import generate_masks
-from .labels import masks_to_labels
 
+# Loaded on first use, so that light modules of this package (the parameter table that
+# `samkit --help` reads) do not import torch.
 _LAZY = {
+    "Cancelled": "napari_sam.automatic.amg",
+    "edge_map": "napari_sam.automatic.edges",
+    "generate_masks": "napari_sam.automatic.generator",
+    "masks_to_labels": "napari_sam.automatic.labels",
     "segment_boxes": "napari_sam.automatic.refine",
     "segment_from_labels": "napari_sam.automatic.refine",
     "segment_everything_with_boxes": "napari_sam.automatic.box_strategy",
 }
 
-__all__ = ["Cancelled", "edge_map", "generate_masks", "masks_to_labels", *_LAZY]
+__all__ = [*_LAZY]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -56,6 +56,13 @@ def _resolve(value: float | None, official: float, own: float) -> float:
     return own if value is None or value == official else float(value)
 
 
+def effective_thresholds(pred_iou_thresh: float | None, stability_score_thresh: float | None) -> tuple[float, float]:
+    """The ``(pred_iou_thresh, stability_score_thresh)`` the box strategy really uses for these
+    settings: Meta's defaults (or None) mean its own, tuned for box prompts; other values are kept."""
+    return (_resolve(pred_iou_thresh, OFFICIAL_PRED_IOU_THRESH, BOX_PRED_IOU_THRESH),
+            _resolve(stability_score_thresh, OFFICIAL_STABILITY_THRESH, BOX_STABILITY_THRESH))
+
+
 def segment_everything_with_boxes(
     rgb: np.ndarray,
     model: SamModel,
@@ -72,7 +79,6 @@ def segment_everything_with_boxes(
     polarity: str = "auto",
     store=None,
     key=None,
-    **ignored,
 ) -> list[dict]:
     """Masks of all objects found by box proposals refined by the model.
 
@@ -92,7 +98,6 @@ def segment_everything_with_boxes(
         zoom: zoomed windows for small objects (see :mod:`.refine`).
         polarity: objects ``"bright"``, ``"dark"`` or ``"auto"`` (see :mod:`.proposals`).
         store, key: embedding store and the key of ``rgb``'s plane (see :func:`.refine.refine_boxes`).
-        **ignored: point-grid parameters of :func:`generate_masks` (no effect here).
 
     Returns:
         Records as Meta's generator: ``segmentation`` (``H x W`` bool, disjoint),
@@ -100,8 +105,7 @@ def segment_everything_with_boxes(
         centre, ``[[x, y]]``), ``stability_score``, ``crop_box`` (the encoder
         window, XYWH); sorted by predicted IoU x stability, best first.
     """
-    pred_iou_thresh = _resolve(pred_iou_thresh, OFFICIAL_PRED_IOU_THRESH, BOX_PRED_IOU_THRESH)
-    stability_score_thresh = _resolve(stability_score_thresh, OFFICIAL_STABILITY_THRESH, BOX_STABILITY_THRESH)
+    pred_iou_thresh, stability_score_thresh = effective_thresholds(pred_iou_thresh, stability_score_thresh)
     shape = rgb.shape[:2]
     proposals = propose_boxes(rgb, polarity=polarity)
     if proposals.boxes.shape[0] == 0:

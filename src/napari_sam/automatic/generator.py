@@ -199,6 +199,19 @@ def generate_masks(
     Raises:
         Cancelled: when ``cancel()`` returned True.
     """
+    from .parameters import check_amg_parameters
+
+    checked = check_amg_parameters(
+        points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+        box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+        crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+        min_mask_region_area=min_mask_region_area,
+        **({} if points_per_side is None and point_grids is not None else {"points_per_side": points_per_side}),
+    )  # fmt: skip
+    points_per_side = checked.get("points_per_side", points_per_side)
+    points_per_batch, crop_n_layers = checked["points_per_batch"], checked["crop_n_layers"]
+    crop_n_points_downscale_factor = checked["crop_n_points_downscale_factor"]
     _check_parameters(
         points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, point_grids, strategy
     )

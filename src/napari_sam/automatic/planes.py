@@ -4,8 +4,8 @@ The napari widget (:mod:`napari_sam._widgets.automatic`) reads its layers into t
 plain values this module takes and runs :func:`segment_stack` in a worker; all the
 logic that does not need napari lives here so it can be tested (and scripted):
 
-* :data:`AMG_PARAMETERS`: the generator's parameters with Meta's defaults, ranges
-  and a sentence each on what they do; :func:`amg_kwargs` checks a set of values.
+* :func:`amg_kwargs`: a set of generator parameters checked against their one table
+  (:data:`~napari_sam.automatic.parameters.AMG_PARAMETERS`), over the defaults.
 * :func:`boxes_from_shapes`: rectangles of a napari Shapes layer (``V x D`` vertex
   arrays in ``(..., row, col)``) -> ``(x0, y0, x1, y1)`` boxes per plane.
 * :func:`plane_indices`, :func:`segment_stack`: run one mode on every plane (or the
@@ -25,64 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ImageError, PromptError, SamkitError
+from .parameters import amg_defaults, check_amg_parameters
 
-
-@dataclass(frozen=True)
-class Parameter:
-    """One parameter of :func:`~napari_sam.automatic.generate_masks`.
-
-    Attributes:
-        kind: ``int`` or ``float``. minimum, maximum, step: the widget's range.
-        tooltip: what the parameter does, for people.
-        grid_only: used by the point-grid strategy only (box proposals ignore it).
-    """
-
-    name: str
-    kind: type
-    default: float
-    minimum: float
-    maximum: float
-    step: float
-    tooltip: str
-    grid_only: bool = True
-
-
-AMG_PARAMETERS: dict[str, Parameter] = {
-    p.name: p
-    for p in (
-        Parameter("points_per_side", int, 32, 1, 256, 1,
-                  "Points along each side of the image: the grid has points_per_side² prompts. More finds "
-                  "smaller objects but takes longer (time grows with the square)."),
-        Parameter("points_per_batch", int, 64, 1, 1024, 1,
-                  "Prompts decoded together. Larger is a little faster and uses more memory; results do not change."),
-        Parameter("pred_iou_thresh", float, 0.88, 0.0, 1.0, 0.01,
-                  "Keep a mask only if the model's own estimate of its quality (predicted IoU) is above this. "
-                  "Lower it to keep more, less certain masks; 0 turns the filter off.", grid_only=False),
-        Parameter("stability_score_thresh", float, 0.95, 0.0, 1.0, 0.01,
-                  "Keep a mask only if it barely changes when the logit cut-off moves by ± the offset below "
-                  "(its stability score is at least this). Lower it to keep fuzzier objects.", grid_only=False),
-        Parameter("stability_score_offset", float, 1.0, 0.0, 10.0, 0.1,
-                  "How far the logit cut-off is moved to measure stability. Larger is stricter.", grid_only=False),
-        Parameter("box_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
-                  "Two masks whose boxes overlap more than this (IoU) are duplicates: the better one is kept. "
-                  "Lower it to remove more overlapping masks.", grid_only=False),
-        Parameter("crop_n_layers", int, 0, 0, 4, 1,
-                  "Also run on zoomed-in crops: layer i cuts the image into (2^i)² tiles. Finds small objects "
-                  "in large images; each layer costs an encoder run per tile. 0: whole image only."),
-        Parameter("crop_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
-                  "Box IoU above which masks from different crops are duplicates (the one from the smaller "
-                  "crop is kept). Used when crop_n_layers > 0."),
-        Parameter("crop_overlap_ratio", float, 512 / 1500, 0.0, 0.99, 0.01,
-                  "How much neighbouring crops overlap, as a fraction of the image's short side (first crop "
-                  "layer; it shrinks in deeper layers). Used when crop_n_layers > 0."),
-        Parameter("crop_n_points_downscale_factor", int, 1, 1, 16, 1,
-                  "Points per side in crop layer i are points_per_side divided by this to the power i "
-                  "(fewer prompts in the small crops). Used when crop_n_layers > 0."),
-        Parameter("min_mask_region_area", int, 0, 0, 100_000, 10,
-                  "Fill holes and remove islands smaller than this many pixels in every mask, then drop new "
-                  "duplicates. 0 turns it off.", grid_only=False),
-    )
-}
 
 #: Modes of the widget: key -> what people read.
 MODES: dict[str, str] = {
@@ -103,29 +47,13 @@ STRATEGY_HELP = (
 )
 
 
-def amg_defaults() -> dict[str, float]:
-    """Meta's default value of every parameter."""
-    return {name: p.default for name, p in AMG_PARAMETERS.items()}
-
-
 def amg_kwargs(values: Mapping[str, float] | None = None) -> dict[str, float]:
     """Checked keyword arguments for ``generate_masks``: ``values`` over the defaults.
 
     Raises:
         SamkitError: an unknown name, or a value outside the parameter's range.
     """
-    out = amg_defaults()
-    for name, value in (values or {}).items():
-        if name not in AMG_PARAMETERS:
-            raise SamkitError(f"Unknown parameter {name!r}; the parameters are {', '.join(AMG_PARAMETERS)}.")
-        p = AMG_PARAMETERS[name]
-        if p.kind is int and float(value) != int(value):
-            raise SamkitError(f"{name} must be a whole number, got {value!r}.")
-        value = p.kind(value)
-        if not p.minimum <= value <= p.maximum:
-            raise SamkitError(f"{name} must lie between {p.minimum:g} and {p.maximum:g}, got {value:g}.")
-        out[name] = value
-    return out
+    return {**amg_defaults(), **check_amg_parameters(**(values or {}))}
 
 
 def effective_strategy(strategy: str, spec) -> str:

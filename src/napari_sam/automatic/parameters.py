@@ -1,0 +1,114 @@
+"""The automatic generator's parameters: one table, with Meta's defaults, ranges and help.
+
+:data:`AMG_PARAMETERS` is the one source of :func:`~napari_sam.automatic.generate_masks`'
+parameters: ``samkit segment``'s flags, the automatic widget's fields and the range
+checks (:func:`check_amg_parameters`, called by ``generate_masks`` itself) come from
+it. The ranges are those where a value means something: a negative crop overlap, a
+downscale factor of 0 or an NMS threshold of -1 is refused with what it should be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import PromptError
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of :func:`~napari_sam.automatic.generate_masks`.
+
+    Attributes:
+        kind: ``int`` or ``float``. minimum, maximum, step: the widget's range.
+        tooltip: what the parameter does, for people.
+        grid_only: used by the point-grid strategy only (box proposals ignore it).
+        help: one line for ``samkit segment --help``.
+    """
+
+    name: str
+    kind: type
+    default: float
+    minimum: float
+    maximum: float
+    step: float
+    tooltip: str
+    grid_only: bool = True
+
+    @property
+    def help(self) -> str:
+        """The tooltip's first sentence (the command line's help)."""
+        return self.tooltip.split(". ")[0].rstrip(".")
+
+    def check(self, value) -> int | float:
+        """``value`` as this parameter's kind, inside its range; else a :class:`PromptError` saying so."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise PromptError(f"{self.name} must be a number, got {value!r}.") from None
+        if math.isnan(number) or not self.minimum <= number <= self.maximum:
+            raise PromptError(f"{self.name} must be between {self.minimum:g} and {self.maximum:g} "
+                              f"(default {self.default:g}); got {value!r}. {self.tooltip}")
+        if self.kind is int:
+            if number != int(number):
+                raise PromptError(f"{self.name} must be a whole number, got {value!r}.")
+            return int(number)
+        return number
+
+
+AMG_PARAMETERS: dict[str, Parameter] = {
+    p.name: p
+    for p in (
+        Parameter("points_per_side", int, 32, 1, 256, 1,
+                  "Points along each side of the image: the grid has points_per_side² prompts. More finds "
+                  "smaller objects but takes longer (time grows with the square)."),
+        Parameter("points_per_batch", int, 64, 1, 1024, 1,
+                  "Prompts decoded together. Larger is a little faster and uses more memory; results do not change."),
+        Parameter("pred_iou_thresh", float, 0.88, 0.0, 1.0, 0.01,
+                  "Keep a mask only if the model's own estimate of its quality (predicted IoU) is above this. "
+                  "Lower it to keep more, less certain masks; 0 turns the filter off.", grid_only=False),
+        Parameter("stability_score_thresh", float, 0.95, 0.0, 1.0, 0.01,
+                  "Keep a mask only if it barely changes when the logit cut-off moves by ± the offset below "
+                  "(its stability score is at least this). Lower it to keep fuzzier objects.", grid_only=False),
+        Parameter("stability_score_offset", float, 1.0, 0.0, 10.0, 0.1,
+                  "How far the logit cut-off is moved to measure stability. Larger is stricter.", grid_only=False),
+        Parameter("box_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
+                  "Two masks whose boxes overlap more than this (IoU) are duplicates: the better one is kept. "
+                  "Lower it to remove more overlapping masks.", grid_only=False),
+        Parameter("crop_n_layers", int, 0, 0, 4, 1,
+                  "Also run on zoomed-in crops: layer i cuts the image into (2^i)² tiles. Finds small objects "
+                  "in large images; each layer costs an encoder run per tile. 0: whole image only."),
+        Parameter("crop_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
+                  "Box IoU above which masks from different crops are duplicates (the one from the smaller "
+                  "crop is kept). Used when crop_n_layers > 0."),
+        Parameter("crop_overlap_ratio", float, 512 / 1500, 0.0, 0.99, 0.01,
+                  "How much neighbouring crops overlap, as a fraction of the image's short side (first crop "
+                  "layer; it shrinks in deeper layers). Used when crop_n_layers > 0."),
+        Parameter("crop_n_points_downscale_factor", int, 1, 1, 16, 1,
+                  "Points per side in crop layer i are points_per_side divided by this to the power i "
+                  "(fewer prompts in the small crops). Used when crop_n_layers > 0."),
+        Parameter("min_mask_region_area", int, 0, 0, 100_000, 10,
+                  "Fill holes and remove islands smaller than this many pixels in every mask, then drop new "
+                  "duplicates. 0 turns it off.", grid_only=False),
+    )
+}
+
+
+
+def amg_defaults() -> dict[str, float]:
+    """Meta's default value of every parameter."""
+    return {name: p.default for name, p in AMG_PARAMETERS.items()}
+
+
+def check_amg_parameters(**values) -> dict[str, int | float]:
+    """Every given parameter checked against its range (None means the default).
+
+    Raises:
+        PromptError: an unknown name, or a value of the wrong kind or outside its range.
+    """
+    unknown = sorted(set(values) - set(AMG_PARAMETERS))
+    if unknown:
+        raise PromptError(f"Unknown automatic segmentation parameter(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(AMG_PARAMETERS)}.")
+    return {name: AMG_PARAMETERS[name].default if value is None else AMG_PARAMETERS[name].check(value)
+            for name, value in values.items()}
