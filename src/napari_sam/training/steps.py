@@ -38,7 +38,7 @@ def decode(model: SamModel, features: torch.Tensor, image_pe: torch.Tensor, coor
 
 def _stack(samples: Sequence[Sample]):
     """Batch tensors of ``samples``: features, targets, valid masks, boxes, scale, image limits."""
-    features = torch.cat([view.embedding.features for view, _ in samples])
+    features = torch.cat([view.features for view, _ in samples])
     targets = torch.stack([view.targets[row] for view, row in samples])
     valid = torch.stack([view.valid_mask for view, _ in samples])
     boxes = torch.stack([view.boxes[row] for view, row in samples])
@@ -122,7 +122,7 @@ def validate_view(model: SamModel, view: View, image_pe: torch.Tensor) -> tuple[
     Returns:
         ``(box_iou, click_iou)``: two ``K`` tensors.
     """
-    features = view.embedding.features
+    features = view.features
     box_parts, click_parts = [], []
     for start in range(0, len(view), VALIDATION_CHUNK):
         part = slice(start, start + VALIDATION_CHUNK)
