@@ -10,17 +10,23 @@ from test_training import synthetic_cells
 pytestmark = pytest.mark.gui
 
 
+def viewer_with_cells(make_napari_viewer, n: int = 6):
+    """A viewer with two synthetic cell images, each with its Labels layer."""
+    viewer = make_napari_viewer()
+    for seed in range(2):
+        image, labels = synthetic_cells(seed, n=n)
+        viewer.add_image(image, name=f"cells {seed}")
+        viewer.add_labels(labels, name=f"cells {seed} labels")
+    return viewer
+
+
 def test_fine_tune_from_layers_selects_the_new_model_in_the_annotator(make_napari_viewer, qtbot, tmp_path,
                                                                        monkeypatch):
     from napari_sam._widgets.annotator import AnnotatorWidget
     from napari_sam._widgets.finetune import FineTuneWidget
 
     monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(tmp_path / "models"))
-    viewer = make_napari_viewer()
-    for seed in range(2):
-        image, labels = synthetic_cells(seed, n=6)
-        viewer.add_image(image, name=f"cells {seed}")
-        viewer.add_labels(labels, name=f"cells {seed} labels")
+    viewer = viewer_with_cells(make_napari_viewer)
     viewer.add_labels(np.zeros((128, 128), np.uint16), name="empty labels")
     annotator = AnnotatorWidget(viewer)
     viewer.window.add_dock_widget(annotator, name="Annotator")
@@ -73,11 +79,7 @@ def test_closing_the_viewer_mid_run_stops_the_job_and_keeps_the_best_epoch(make_
     from napari_sam.user_models import checkpoint_path
 
     monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(tmp_path / "models"))
-    viewer = make_napari_viewer()
-    for seed in range(2):
-        image, labels = synthetic_cells(seed, n=6)
-        viewer.add_image(image, name=f"cells {seed}")
-        viewer.add_labels(labels, name=f"cells {seed} labels")
+    viewer = viewer_with_cells(make_napari_viewer)
     widget = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.settings["epochs"].value = 50

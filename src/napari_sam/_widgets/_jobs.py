@@ -125,12 +125,9 @@ def stop_jobs_on_exit(widget, cancel: Callable[[], None], lifetime: Lifetime | N
     from qtpy.QtCore import QThreadPool
     from qtpy.QtWidgets import QApplication
 
-    done = []
-
     def shutdown(*_) -> None:
-        if done:
+        if not lifetime:  # once: when the widget is destroyed, or the application quits
             return
-        done.append(True)
         lifetime.alive = False
         cancel()
         QThreadPool.globalInstance().waitForDone(SHUTDOWN_WAIT_MS)

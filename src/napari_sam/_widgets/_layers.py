@@ -93,11 +93,11 @@ def placed_like(layer, frame: ImageFrame) -> bool:
     if tuple(layer.data.shape) != tuple(frame.shape):
         return False
     affine = np.asarray(layer.affine.affine_matrix, dtype=float)
-    extra = np.asarray(layer.rotate, dtype=float), np.asarray(layer.shear, dtype=float)
+    rotate = np.asarray(layer.rotate, dtype=float)
     return (np.allclose(np.asarray(layer.scale, float), frame.scale)
             and np.allclose(np.asarray(layer.translate, float), frame.translate)
-            and np.allclose(affine, np.eye(len(affine))) and np.allclose(extra[0], np.eye(len(extra[0])))
-            and np.allclose(extra[1], 0))
+            and np.allclose(affine, np.eye(len(affine))) and np.allclose(rotate, np.eye(len(rotate)))
+            and np.allclose(np.asarray(layer.shear, dtype=float), 0))
 
 
 def matches(layer, viewer, ndim: int) -> bool:

@@ -231,8 +231,8 @@ class AnnotatorWidget(Container):
         self.reset_choices()
         self._on_zoom()
         target = self._targets.get(id(layer))  # the labels this image was committed to, else a new layer
-        c.labels.value = target if target is not None and target in self.viewer.layers and \
-            target.data.shape == frame.shape else NEW_LABELS
+        usable = target is not None and target in self.viewer.layers and L.placed_like(target, frame)
+        c.labels.value = target if usable else NEW_LABELS
         self._select_prompt_layer()
         self._on_dims()
 
