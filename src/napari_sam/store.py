@@ -273,3 +273,13 @@ def store_in_folder(folder: str | os.PathLike, key: EmbeddingKey, name: str = "i
     model = key.model.split("@")[0]
     digest = hashlib.blake2b(f"{key.image}|{key.model}".encode(), digest_size=5).hexdigest()
     return folder / f"{safe}-{model}-{key.precision}-{digest}.zarr"
+
+
+def open_in_folder(folder: str | os.PathLike, image, model, precision: str, name: str = "image",
+                   cache: EmbeddingCache | None = None) -> tuple[EmbeddingStore, EmbeddingKey]:
+    """``(store, key)``: the store of ``image`` inside a folder of stores (:func:`store_in_folder`)
+    and the key of the whole image (``precision`` already resolved), so it is hashed once."""
+    from .embedding import image_signature
+
+    key = EmbeddingKey.create(image_signature(image), model, precision)
+    return EmbeddingStore(store_in_folder(folder, key, name), cache=cache), key

@@ -208,15 +208,13 @@ def _embedding_store(request: StackRequest, model):
     """``(store, key)``: the store of the request's image and the key of its whole stack, or (None, None)."""
     if request.store is None:
         return None, None
-    from ..embedding import EmbeddingKey, image_signature
     from ..precision import resolve_precision
-    from ..store import EmbeddingStore, store_in_folder
+    from ..store import open_in_folder
     from .generator import uses_point_grid
 
     grid = request.mode in ("everything", "edges") and uses_point_grid(model, request.strategy)
     precision = resolve_precision(request.precision, model.spec, encoder_bound=not grid)
-    key = EmbeddingKey.create(image_signature(request.image), model, precision)
-    return EmbeddingStore(store_in_folder(request.store, key, request.image_name)), key
+    return open_in_folder(request.store, request.image, model, precision, request.image_name)
 
 
 def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray, progress, cancel,

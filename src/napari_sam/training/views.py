@@ -150,9 +150,8 @@ def build_views(
     from ..automatic.amg import Cancelled
     from ..automatic.windows import plan_windows
     from ..embed import compute_embeddings
-    from ..embedding import EmbeddingKey, image_signature
     from ..precision import resolve_precision
-    from ..store import EmbeddingStore, store_in_folder
+    from ..store import open_in_folder
 
     precision = resolve_precision(precision, model.spec)
     size = model.spec.image_size
@@ -175,12 +174,11 @@ def build_views(
                 members = np.flatnonzero(owner == index)
                 if members.size:
                     plan.append((tuple(int(v) for v in window), members))
-        store = None
+        store = key = None
         if store_folder is not None:
-            key = EmbeddingKey.create(image_signature(rgb), model, precision)
-            store = EmbeddingStore(store_in_folder(store_folder, key, item.name), cache=cache)
+            store, key = open_in_folder(store_folder, rgb, model, precision, item.name, cache=cache)
         embeddings = compute_embeddings(model, rgb, windows=[window for window, _ in plan], cache=cache,
-                                        store=store, precision=precision, rgb_ready=True)
+                                        store=store, key=key, precision=precision, rgb_ready=True)
         for (window, members), embedding in zip(plan, embeddings):
             x0, y0, x1, y1 = window
             sy, sx = embedding.scale
