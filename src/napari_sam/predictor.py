@@ -141,8 +141,9 @@ class Predictor:
                 ``B x 1 x 256 x 256`` from a previous prediction.
             multimask: three masks (whole, part, subpart) if True, one if False;
                 None: the model's default (True for SAM, False for LiteMedSAM),
-                three masks for clicks alone on any model trained on clicks, and for
-                clicks on a box-only model (below) up to three.
+                three masks for one click alone (the ambiguous prompt) on any model
+                trained on clicks, and for clicks on a box-only model (below) up to
+                three.
 
         Points on a model not trained on them (``ModelSpec.supports_points`` False,
         LiteMedSAM) become box prompts: a search over candidate boxes around the
@@ -183,10 +184,11 @@ class Predictor:
                                           multimask is not False)
             return Prediction(*(array[None] for array in result)) if batched else result
         if multimask is None:
-            # Three masks for the ambiguous prompt (clicks alone) on models trained on
-            # clicks, as SAM's interactive loop; otherwise the model's own default.
+            # Three masks for the ambiguous prompt (one click alone) on models trained
+            # on clicks; with more prompts the paper's fourth output token (one mask),
+            # which is the one trained on correction clicks; else the model's default.
             multimask = self.spec.multimask or (
-                self.spec.supports_points and points is not None and box is None and mask_input is None
+                self.spec.supports_points and coords is not None and len(coords) == 1 and box is None and mask is None
             )
         boxes_t = coords_t = labels_t = mask_t = None
         if boxes is not None:
