@@ -176,3 +176,24 @@ def test_end_to_end_parity_with_the_official_predictor_mobilesam():
         np.testing.assert_allclose(scores_m, scores_t, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(logits_m, logits_t, rtol=1e-3, atol=1e-3 * np.abs(logits_t).max())
         assert (masks_m != masks_t).mean() < 1e-4
+
+
+def test_one_click_alone_gives_three_masks_more_prompts_one():
+    """On a model trained on clicks, only the ambiguous prompt (one click alone) gets the three
+    multimask outputs; two clicks, or a click with the earlier logits, get the single-mask token
+    (the one trained on correction clicks), as in the paper."""
+    import dataclasses
+
+    model = load_model("lite_medsam")  # a fresh instance: its spec is ours to change
+    model.spec = dataclasses.replace(model.spec, prompt_types=("boxes", "points", "masks"))
+    predictor = Predictor(model)
+    image, regions = coin_masks()
+    predictor.set_image(image)
+    y, x = regions[0].centroid
+    one = predictor.predict(points=[[x, y]], labels=[1])
+    assert one.masks.shape[0] == 3
+    two = predictor.predict(points=[[x, y], [x + 2, y]], labels=[1, 1])
+    assert two.masks.shape[0] == 1
+    fed = predictor.predict(points=[[x, y]], labels=[1], mask_input=one.low_res_logits[0])
+    assert fed.masks.shape[0] == 1
+    assert predictor.predict(points=[[x, y], [x + 2, y]], labels=[1, 1], multimask=True).masks.shape[0] == 3
