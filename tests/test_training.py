@@ -363,3 +363,26 @@ def test_a_few_objects_are_drawn_again_until_an_epoch_has_its_minimum_of_steps()
     assert sorted(drawn) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     once = _epoch_batches(views, FineTuneSettings(objects_per_step=2, min_steps_per_epoch=0), rng)
     assert sorted(int(v.object_ids[r]) for batch in once for v, r in batch) == [1, 2, 3]
+
+
+def test_training_works_after_prediction_in_the_same_process():
+    """Inference runs under ``torch.inference_mode``: nothing it caches in the model may reach a backward pass.
+
+    (A cached pixel-order index of the decoder's upscaling once did, and the Fine-tune
+    widget failed after the annotator had been used in the same napari session.)
+    """
+    from napari_sam import Predictor, load_model
+
+    image, labels = synthetic_cells(0, n=4)
+    model = load_model("lite_medsam")
+    predictor = Predictor(model)
+    predictor.set_image(image)
+    predictor.predict(box=np.array([10, 10, 60, 60]))  # fills the inference-time caches
+    features = predictor.embedding.features.clone()
+    boxes = torch.tensor([[[10.0, 10.0], [60.0, 60.0]]]) * (predictor.embedding.image_size / image.shape[0])
+    sparse, dense = model.prompt_encoder(points=None, boxes=boxes.reshape(1, 4), masks=None)
+    masks, iou = model.mask_decoder(features, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True)
+    (masks.float().mean() + iou.float().mean()).backward()
+    grads = [p.grad for p in model.mask_decoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads[-4:])
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
