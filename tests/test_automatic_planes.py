@@ -31,9 +31,15 @@ def test_parameters_have_the_official_defaults_and_ranges():
     flags = {action.dest: action for action in segment._actions}
     for name, p in AMG_PARAMETERS.items():
         assert p.default == signature[name].default == flags[name].default, name  # one table, three places
-        assert flags[name].type is p.kind and f"default {p.default:g}" in flags[name].help
-        assert p.minimum <= p.default <= p.maximum
+        if p.choices:
+            assert tuple(flags[name].choices) == p.choices and p.default in p.choices
+            assert f"default {p.default}" in flags[name].help
+        else:
+            assert flags[name].type is p.kind and f"default {p.default:g}" in flags[name].help
+            assert p.minimum <= p.default <= p.maximum
         assert len(p.tooltip) > 30
+        assert p.used_by("points") or p.used_by("boxes")
+        assert ("box proposals only" in flags[name].help) == (not p.used_by("points"))
     assert AMG_PARAMETERS["crop_overlap_ratio"].default == 512 / 1500
     assert P.amg_kwargs() == {name: p.default for name, p in AMG_PARAMETERS.items()}
     chosen = P.amg_kwargs({"points_per_side": 16.0, "pred_iou_thresh": 0.5})
@@ -52,6 +58,9 @@ def test_parameters_have_the_official_defaults_and_ranges():
     ({"crop_n_layers": 5}, "crop_n_layers must be between 0 and 4"),
     ({"crop_n_layers": 1.5}, "crop_n_layers must be a whole number"),
     ({"points_per_batch": "many"}, "points_per_batch must be a number"),
+    ({"polarity": "bright-ish"}, "polarity must be one of 'auto', 'bright', 'dark'"),
+    ({"object_diameter": -3}, "object_diameter must be between 0 and 2000"),
+    ({"max_windows": 2.5}, "max_windows must be a whole number"),
 ])
 def test_bad_parameters_are_refused_with_a_message(values, text):
     with pytest.raises(PromptError, match=text):

@@ -130,8 +130,13 @@ def _parser() -> argparse.ArgumentParser:
 
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
     for name, p in AMG_PARAMETERS.items():
-        group.add_argument("--" + name.replace("_", "-"), type=p.kind, default=p.default,
-                           help=f"{p.help} ({p.minimum:g} to {p.maximum:g}, default {p.default:g})")
+        where = "" if p.used_by("points") else "; box proposals only"
+        if p.choices:
+            group.add_argument("--" + name.replace("_", "-"), choices=p.choices, default=p.default,
+                               help=f"{p.help} (default {p.default}{where})")
+        else:
+            group.add_argument("--" + name.replace("_", "-"), type=p.kind, default=p.default,
+                               help=f"{p.help} ({p.minimum:g} to {p.maximum:g}, default {p.default:g}{where})")
     return parser
 
 

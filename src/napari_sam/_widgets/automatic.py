@@ -134,8 +134,12 @@ class AutomaticSegmentationWidget(Container):
                                   tooltip=_PRECISION_HELP)
         self.strategy = ComboBox(label="Prompts", choices=_STRATEGIES, value="auto", tooltip=STRATEGY_HELP)
         self.store = FileEdit(label="Embedding store", mode="d", nullable=True, value=None, tooltip=STORE_HELP)
-        self.params: dict[str, SpinBox | FloatSpinBox] = {}
+        self.params: dict[str, SpinBox | FloatSpinBox | ComboBox] = {}
         for name, p in AMG_PARAMETERS.items():
+            if p.choices:
+                self.params[name] = ComboBox(label=name, choices=p.choices, value=p.default,
+                                             tooltip=f"{p.tooltip} (default {p.default})")
+                continue
             kind = SpinBox if p.kind is int else FloatSpinBox
             self.params[name] = kind(label=name, value=p.default, min=p.minimum, max=p.maximum, step=p.step,
                                      tooltip=f"{p.tooltip} (default {p.default:.4g})")
@@ -207,7 +211,7 @@ class AutomaticSegmentationWidget(Container):
         grid = spec is None or effective_strategy(self.strategy.value, spec) == "points"
         for name, widget in self.params.items():
             widget.visible = automatic
-            widget.enabled = grid or not AMG_PARAMETERS[name].grid_only
+            widget.enabled = AMG_PARAMETERS[name].used_by("points" if grid else "boxes")
         self._show_thresholds_used(grid)
         layer = self.image.value
         self.current_plane.visible = layer is not None and len(self._spatial_shape(layer)) > 2
@@ -270,6 +274,9 @@ class AutomaticSegmentationWidget(Container):
         values = {}
         for name, widget in self.params.items():
             p, value = AMG_PARAMETERS[name], widget.value
+            if p.choices:
+                values[name] = value
+                continue
             decimals = widget.native.decimals() if p.kind is float else 0
             values[name] = p.default if abs(value - p.default) <= 0.5 * 10.0**-decimals else value
         return values

@@ -77,6 +77,8 @@ def segment_everything_with_boxes(
     precision: str | None = None,
     zoom: bool = True,
     polarity: str = "auto",
+    object_diameter: float = 0.0,
+    max_windows: int = 0,
     store=None,
     key=None,
 ) -> list[dict]:
@@ -97,6 +99,9 @@ def segment_everything_with_boxes(
         precision: encoder precision.
         zoom: zoomed windows for small objects (see :mod:`.refine`).
         polarity: objects ``"bright"``, ``"dark"`` or ``"auto"`` (see :mod:`.proposals`).
+        object_diameter: typical object diameter in pixels (0: estimated; see :mod:`.proposals`).
+        max_windows: at most this many zoomed encoder windows (0: no limit; see
+            :func:`.windows.plan_windows`).
         store, key: embedding store and the key of ``rgb``'s plane (see :func:`.refine.refine_boxes`).
 
     Returns:
@@ -107,7 +112,7 @@ def segment_everything_with_boxes(
     """
     pred_iou_thresh, stability_score_thresh = effective_thresholds(pred_iou_thresh, stability_score_thresh)
     shape = rgb.shape[:2]
-    proposals = propose_boxes(rgb, polarity=polarity)
+    proposals = propose_boxes(rgb, polarity=polarity, object_diameter=object_diameter or None)
     if proposals.boxes.shape[0] == 0:
         return []
     # Meta's mask threshold (0) here: the filters below were tuned with it, and the
@@ -115,7 +120,7 @@ def segment_everything_with_boxes(
     # -0.022 / +0.073 (nuclei planes) and -0.032 (coins): no gain overall.
     objects = refine_boxes(rgb, proposals.boxes, model, zoom=zoom, precision=precision, progress=progress,
                            cancel=cancel, stability_score_offset=stability_score_offset, mask_threshold=0.0,
-                           rgb_ready=True, store=store, key=key)
+                           rgb_ready=True, store=store, key=key, max_windows=max_windows or None)
     ious = np.array([o.predicted_iou for o in objects], dtype=np.float32)
     stability = np.array([o.stability_score for o in objects], dtype=np.float32)
     areas = np.array([int(np.count_nonzero(o.mask)) for o in objects])

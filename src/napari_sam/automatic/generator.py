@@ -40,6 +40,7 @@ from ..preprocess import as_rgb
 from . import amg
 from .amg import Cancelled, MaskRecords
 from .edges import MaskLogits
+from .parameters import DEFAULT_MAX_WINDOWS
 
 #: Logit threshold of a mask (Meta's ``Sam.mask_threshold``).
 MASK_THRESHOLD = 0.0
@@ -138,6 +139,9 @@ def generate_masks(
     crop_n_points_downscale_factor: int = 1,
     point_grids: Sequence[np.ndarray] | None = None,
     min_mask_region_area: int = 0,
+    polarity: str = "auto",
+    object_diameter: float = 0.0,
+    max_windows: int = DEFAULT_MAX_WINDOWS,
     strategy: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -169,6 +173,12 @@ def generate_masks(
         point_grids: explicit ``N x 2`` grids in [0, 1] (x, y), one per layer.
         min_mask_region_area: fill holes and remove islands smaller than this
             (pixels), then suppress new duplicates; 0 turns it off.
+        polarity: box proposals only: objects ``"bright"``, ``"dark"`` or ``"auto"``
+            (decided from the image; see :mod:`napari_sam.automatic.proposals`).
+        object_diameter: box proposals only: typical object diameter in pixels
+            (0: estimated from the image).
+        max_windows: box proposals only: most zoomed encoder windows (0: no limit;
+            see :mod:`napari_sam.automatic.windows`).
         strategy: ``"points"`` (this algorithm), ``"boxes"`` (box proposals, see
             :mod:`napari_sam.automatic.box_strategy`; the point-grid and crop
             parameters and ``return_logits`` do not apply there), or ``"auto"``:
@@ -206,7 +216,8 @@ def generate_masks(
         stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
         box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
         crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-        min_mask_region_area=min_mask_region_area,
+        min_mask_region_area=min_mask_region_area, polarity=polarity, object_diameter=object_diameter,
+        max_windows=max_windows,
         **({} if points_per_side is None and point_grids is not None else {"points_per_side": points_per_side}),
     )  # fmt: skip
     points_per_side = checked.get("points_per_side", points_per_side)
@@ -228,6 +239,9 @@ def generate_masks(
             stability_score_offset=stability_score_offset,
             box_nms_thresh=box_nms_thresh,
             min_mask_region_area=min_mask_region_area,
+            polarity=checked["polarity"],
+            object_diameter=checked["object_diameter"],
+            max_windows=checked["max_windows"],
             progress=progress,
             cancel=cancel,
             precision=precision,

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PromptError
+from .proposals import POLARITIES
 
 
 @dataclass(frozen=True)
@@ -20,28 +21,41 @@ class Parameter:
     """One parameter of :func:`~napari_sam.automatic.generate_masks`.
 
     Attributes:
-        kind: ``int`` or ``float``. minimum, maximum, step: the widget's range.
+        kind: ``int``, ``float`` or ``str`` (a choice among ``choices``).
+        minimum, maximum, step: the widget's range (numbers).
         tooltip: what the parameter does, for people.
-        grid_only: used by the point-grid strategy only (box proposals ignore it).
+        strategies: the strategies that use it (``"points"``: Meta's point grid,
+            ``"boxes"``: box proposals); the others ignore it.
+        choices: the values a ``str`` parameter takes.
         help: one line for ``samkit segment --help``.
     """
 
     name: str
     kind: type
-    default: float
+    default: float | str
     minimum: float
     maximum: float
     step: float
     tooltip: str
-    grid_only: bool = True
+    strategies: tuple[str, ...] = ("points",)
+    choices: tuple[str, ...] = ()
 
     @property
     def help(self) -> str:
         """The tooltip's first sentence (the command line's help)."""
         return self.tooltip.split(". ")[0].rstrip(".")
 
-    def check(self, value) -> int | float:
+    def used_by(self, strategy: str) -> bool:
+        """Whether the ``"points"`` or ``"boxes"`` strategy uses this parameter."""
+        return strategy in self.strategies
+
+    def check(self, value) -> int | float | str:
         """``value`` as this parameter's kind, inside its range; else a :class:`PromptError` saying so."""
+        if self.choices:
+            if value not in self.choices:
+                raise PromptError(f"{self.name} must be one of {', '.join(map(repr, self.choices))} "
+                                  f"(default {self.default!r}); got {value!r}. {self.tooltip}")
+            return value
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -56,6 +70,18 @@ class Parameter:
         return number
 
 
+BOTH = ("points", "boxes")
+BOXES = ("boxes",)
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str, tooltip: str, strategies: tuple[str, ...]) -> Parameter:
+    return Parameter(name, str, default, 0, 0, 0, tooltip, strategies, choices)
+
+
+#: Zoomed encoder windows the box strategy may use per image by default: about
+#: 0.3 s each for LiteMedSAM on two CPU cores (see :mod:`.windows`).
+DEFAULT_MAX_WINDOWS = 48
+
 AMG_PARAMETERS: dict[str, Parameter] = {
     p.name: p
     for p in (
@@ -66,15 +92,15 @@ AMG_PARAMETERS: dict[str, Parameter] = {
                   "Prompts decoded together. Larger is a little faster and uses more memory; results do not change."),
         Parameter("pred_iou_thresh", float, 0.88, 0.0, 1.0, 0.01,
                   "Keep a mask only if the model's own estimate of its quality (predicted IoU) is above this. "
-                  "Lower it to keep more, less certain masks; 0 turns the filter off.", grid_only=False),
+                  "Lower it to keep more, less certain masks; 0 turns the filter off.", strategies=BOTH),
         Parameter("stability_score_thresh", float, 0.95, 0.0, 1.0, 0.01,
                   "Keep a mask only if it barely changes when the logit cut-off moves by ± the offset below "
-                  "(its stability score is at least this). Lower it to keep fuzzier objects.", grid_only=False),
+                  "(its stability score is at least this). Lower it to keep fuzzier objects.", strategies=BOTH),
         Parameter("stability_score_offset", float, 1.0, 0.0, 10.0, 0.1,
-                  "How far the logit cut-off is moved to measure stability. Larger is stricter.", grid_only=False),
+                  "How far the logit cut-off is moved to measure stability. Larger is stricter.", strategies=BOTH),
         Parameter("box_nms_thresh", float, 0.7, 0.0, 1.0, 0.01,
                   "Two masks whose boxes overlap more than this (IoU) are duplicates: the better one is kept. "
-                  "Lower it to remove more overlapping masks.", grid_only=False),
+                  "Lower it to remove more overlapping masks.", strategies=BOTH),
         Parameter("crop_n_layers", int, 0, 0, 4, 1,
                   "Also run on zoomed-in crops: layer i cuts the image into (2^i)² tiles. Finds small objects "
                   "in large images; each layer costs an encoder run per tile. 0: whole image only."),
@@ -89,18 +115,29 @@ AMG_PARAMETERS: dict[str, Parameter] = {
                   "(fewer prompts in the small crops). Used when crop_n_layers > 0."),
         Parameter("min_mask_region_area", int, 0, 0, 100_000, 10,
                   "Fill holes and remove islands smaller than this many pixels in every mask, then drop new "
-                  "duplicates. 0 turns it off.", grid_only=False),
+                  "duplicates. 0 turns it off.", strategies=BOTH),
+        _choice("polarity", POLARITIES, "auto",
+                "What the objects look like (box proposals): 'bright' on a dark background (fluorescence), "
+                "'dark' on a bright one (bright field), or 'auto': decided from the image (stained colour "
+                "bright-field images are read through their hematoxylin stain).", BOXES),
+        Parameter("object_diameter", float, 0.0, 0.0, 2000.0, 1.0,
+                  "Typical object diameter in pixels, for the box proposals: it sets how touching objects are "
+                  "split. 0: estimated from the image.", BOXES),
+        Parameter("max_windows", int, DEFAULT_MAX_WINDOWS, 0, 10_000, 1,
+                  "Most zoomed encoder windows per image (box proposals): small objects are seen zoomed, "
+                  "one encoder run per window. Fewer is faster, with less zoom; 0: as many as the zoom needs.",
+                  BOXES),
     )
 }
 
 
 
-def amg_defaults() -> dict[str, float]:
+def amg_defaults() -> dict[str, float | str]:
     """Meta's default value of every parameter."""
     return {name: p.default for name, p in AMG_PARAMETERS.items()}
 
 
-def check_amg_parameters(**values) -> dict[str, int | float]:
+def check_amg_parameters(**values) -> dict[str, int | float | str]:
     """Every given parameter checked against its range (None means the default).
 
     Raises:

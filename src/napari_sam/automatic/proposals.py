@@ -5,19 +5,27 @@ its "segment everything" mode needs boxes. This module finds them with classical
 image analysis (numpy, SciPy and scikit-image; well under a second for a
 512 x 512 image):
 
-1. Intensity. The RGB image (``H x W x 3``, 0-255) is averaged to gray and
-   smoothed with a Gaussian (``sigma`` = 1 pixel).
-2. Polarity. Objects are taken to be bright on a dark background (fluorescence)
-   unless more than half of the pixels lie above the Otsu threshold, in which
-   case the image is inverted (bright-field: dark objects on a bright background).
-   ``polarity="bright"`` or ``"dark"`` forces it.
+1. Intensity. A stained bright-field image (colour, on a bright background:
+   H&E, IHC; see :func:`is_stained_brightfield`) becomes its stain density: the
+   hematoxylin optical density of a colour deconvolution (``skimage.color.rgb2hed``),
+   in which nuclei are bright and eosin, background and the white of the slide are
+   dark (hematoxylin plus DAB proposed 2,795 boxes there: DAB is texture too). On
+   ``skimage.data.immunohistochemistry()`` the mean gray level proposed 2,394
+   boxes of radius 2.8 px (texture); the stain density proposes 798 of radius 5.8 px.
+   Any other image (gray, fluorescence composites, unstained bright field) is
+   averaged to gray. Then a Gaussian smooths it (``sigma`` = 1 pixel).
+2. Polarity. Objects are taken to be bright on a dark background (fluorescence,
+   stain density) unless more than half of the pixels lie above the Otsu
+   threshold, in which case the image is inverted (bright-field: dark objects on
+   a bright background). ``polarity="bright"`` or ``"dark"`` forces it (and skips
+   the stain density).
 3. Foreground. Pixels above the Otsu threshold of the smoothed image are
    foreground, and so are pixels above a local threshold (mean of a window about
    four object diameters wide plus a fraction of the global contrast), which
    recovers dim objects next to very bright ones; holes are filled and
    components smaller than ``min_area`` removed.
 4. Object scale. The typical object radius ``r`` is the median equivalent radius
-   of the foreground components.
+   of the foreground components, or half of ``object_diameter`` when given.
 5. Splitting. Touching objects are split by a watershed on the negated
    distance transform, seeded by its local maxima at least ``min_distance * r``
    apart, so two blobs joined by a neck narrower than themselves come apart.
@@ -59,10 +67,49 @@ class Proposals:
     polarity: str
 
 
+#: Polarities of proposals: what the objects look like against their background.
+POLARITIES = ("auto", "bright", "dark")
+#: A colour image counts as stained when its median chroma (max - min channel,
+#: 0-255) is at least this: 37 on skimage's immunohistochemistry, 0 on gray images.
+STAIN_MIN_CHROMA = 12.0
+
+
 def gray_image(rgb: np.ndarray) -> np.ndarray:
     """``H x W x 3`` (or ``H x W``) -> ``H x W`` float32 mean intensity."""
     array = np.asarray(rgb, dtype=np.float32)
     return array.mean(axis=-1) if array.ndim == 3 else array
+
+
+def is_stained_brightfield(rgb: np.ndarray) -> bool:
+    """Whether ``rgb`` (``H x W x 3``, 0-255) looks like a stained bright-field image:
+    coloured (median chroma at least :data:`STAIN_MIN_CHROMA`) on a bright background
+    (median gray level above the middle of the range)."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        return False
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 65536)))  # ~65k pixels decide
+    sample = np.asarray(rgb[::step, ::step], dtype=np.float32)
+    chroma = sample.max(-1) - sample.min(-1)
+    return float(np.median(chroma)) >= STAIN_MIN_CHROMA and float(np.median(sample.mean(-1))) > 127.5
+
+
+def stain_density(rgb: np.ndarray) -> np.ndarray:
+    """``H x W`` float32 hematoxylin optical density of a bright-field RGB image,
+    scaled so that its 99.9th percentile is 255 (nuclei and stained cells bright)."""
+    from skimage.color import rgb2hed
+
+    hed = rgb2hed(np.asarray(rgb, dtype=np.uint8))
+    density = np.clip(hed[..., 0], 0, None)
+    top = float(np.percentile(density, 99.9))
+    return (density * (255.0 / top) if top > 0 else density).astype(np.float32)
+
+
+def proposal_intensity(rgb: np.ndarray, polarity: str = "auto") -> tuple[np.ndarray, str]:
+    """The ``H x W`` float32 image proposals are found in, and the polarity to use
+    (``"auto"`` unless decided here): the stain density of a stained bright-field
+    image (objects bright), else the gray level."""
+    if polarity == "auto" and is_stained_brightfield(rgb):
+        return stain_density(rgb), "bright"
+    return gray_image(rgb), polarity
 
 
 def _foreground(smooth: np.ndarray, polarity: str) -> tuple[np.ndarray, str, float]:
@@ -97,6 +144,7 @@ def propose_boxes(
     rgb: np.ndarray,
     *,
     polarity: str = "auto",
+    object_diameter: float | None = None,
     sigma: float = 1.0,
     min_area: float | None = None,
     min_distance: float = 0.8,
@@ -111,9 +159,12 @@ def propose_boxes(
             or ``H x W`` gray.
         polarity: ``"auto"``, ``"bright"`` (objects brighter than background) or
             ``"dark"``.
+        object_diameter: typical object diameter in pixels (None or 0: estimated
+            from the foreground). It sets the watershed's seed distance and the
+            local threshold's window.
         sigma: Gaussian smoothing in pixels.
         min_area: smallest object in pixels (default: 10 pixels, or 1/20 of the
-            median component area if that is larger).
+            median component area, or of the area of ``object_diameter``, if larger).
         min_distance: smallest distance between the centres of two touching
             objects, in units of the typical radius (larger: fewer splits).
         split_area: regions larger than this many times the median region area
@@ -127,9 +178,11 @@ def propose_boxes(
     """
     from scipy import ndimage
 
-    if polarity not in ("auto", "bright", "dark"):
+    if polarity not in POLARITIES:
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}.")
-    gray = gray_image(rgb)
+    if object_diameter is not None and not object_diameter >= 0:
+        raise ValueError(f"object_diameter must be 0 (estimate it) or a size in pixels, got {object_diameter!r}.")
+    gray, polarity = proposal_intensity(rgb, polarity)
     h, w = gray.shape
     smooth = ndimage.gaussian_filter(gray, sigma) if sigma > 0 else gray
     fg, polarity, threshold = _foreground(smooth, polarity)
@@ -139,7 +192,11 @@ def propose_boxes(
     if n == 0:
         return Proposals(np.zeros((0, 4)), np.zeros((h, w), np.int32), 0.0, polarity)
     areas = np.bincount(comp.ravel())[1:]
-    radius = float(np.sqrt(np.median(areas) / np.pi))
+    if object_diameter:
+        radius = float(object_diameter) / 2.0
+        areas = np.array([np.pi * radius**2])
+    else:
+        radius = float(np.sqrt(np.median(areas) / np.pi))
     if local:
         # Local threshold: brighter than the mean around it by a share of the global contrast.
         size = int(max(15, 8 * radius)) | 1

@@ -210,6 +210,7 @@ def refine_boxes(
     zoom: bool = True,
     object_size: float | None = None,
     max_upscale: float = 8.0,
+    max_windows: int | None = None,
     mask_prompts: Sequence[tuple[np.ndarray, tuple[int, int, int, int]]] | None = None,
     box_iterations: int = 1,
     stability_score_offset: float = 1.0,
@@ -234,6 +235,8 @@ def refine_boxes(
         zoom: embed zoomed windows for small objects (False: the whole image once).
         object_size: target box side at the encoder input, pixels (default ``S / 4``).
         max_upscale: largest magnification of a window.
+        max_windows: at most this many encoder windows (None: as many as the zoom
+            needs; see :func:`.windows.plan_windows`).
         mask_prompts: optional ``N`` pairs ``(mask, region)``: a rough bool mask over
             the ``(x0, y0, x1, y1)`` region of the image, given as mask prompt.
         box_iterations: with 2 or more, each object is prompted again with the box
@@ -261,7 +264,7 @@ def refine_boxes(
         raise PromptError(f"Got {len(mask_prompts)} mask prompts for {boxes.shape[0]} boxes; give one per box.")
     spec = model.spec
     windows, owner = plan_windows(boxes, shape, spec.image_size, zoom=zoom, object_size=object_size,
-                                  max_upscale=max_upscale)
+                                  max_upscale=max_upscale, max_windows=max_windows)
     precision = resolve_precision(precision, model.spec)
     results: list[RefinedObject | None] = [None] * boxes.shape[0]
     done = 0
