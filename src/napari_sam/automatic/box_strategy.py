@@ -112,7 +112,7 @@ def segment_everything_with_boxes(
     """
     pred_iou_thresh, stability_score_thresh = effective_thresholds(pred_iou_thresh, stability_score_thresh)
     shape = rgb.shape[:2]
-    proposals = propose_boxes(rgb, polarity=polarity, object_diameter=object_diameter or None)
+    proposals = propose_boxes(rgb, polarity=polarity, object_diameter=object_diameter)
     if proposals.boxes.shape[0] == 0:
         return []
     # Meta's mask threshold (0) here: the filters below were tuned with it, and the
@@ -120,7 +120,7 @@ def segment_everything_with_boxes(
     # -0.022 / +0.073 (nuclei planes) and -0.032 (coins): no gain overall.
     objects = refine_boxes(rgb, proposals.boxes, model, zoom=zoom, precision=precision, progress=progress,
                            cancel=cancel, stability_score_offset=stability_score_offset, mask_threshold=0.0,
-                           rgb_ready=True, store=store, key=key, max_windows=max_windows or None)
+                           rgb_ready=True, store=store, key=key, max_windows=max_windows)
     ious = np.array([o.predicted_iou for o in objects], dtype=np.float32)
     stability = np.array([o.stability_score for o in objects], dtype=np.float32)
     areas = np.array([int(np.count_nonzero(o.mask)) for o in objects])

@@ -191,12 +191,13 @@ def propose_boxes(
     fg, comp, n = _remove_small(fg, 10 if min_area is None else min_area)
     if n == 0:
         return Proposals(np.zeros((0, 4)), np.zeros((h, w), np.int32), 0.0, polarity)
-    areas = np.bincount(comp.ravel())[1:]
+    # The typical object: given by its diameter, else the median foreground component.
     if object_diameter:
         radius = float(object_diameter) / 2.0
-        areas = np.array([np.pi * radius**2])
+        typical_area = np.pi * radius**2
     else:
-        radius = float(np.sqrt(np.median(areas) / np.pi))
+        typical_area = float(np.median(np.bincount(comp.ravel())[1:]))
+        radius = float(np.sqrt(typical_area / np.pi))
     if local:
         # Local threshold: brighter than the mean around it by a share of the global contrast.
         size = int(max(15, 8 * radius)) | 1
@@ -207,7 +208,7 @@ def propose_boxes(
         extra &= signal > background + 0.25 * (level - background)
         fg = ndimage.binary_fill_holes(fg | ndimage.binary_opening(extra))
     if min_area is None:
-        min_area = max(10.0, 0.05 * float(np.median(areas)))
+        min_area = max(10.0, 0.05 * typical_area)
     fg, comp, n = _remove_small(fg, min_area)
     if n == 0:
         return Proposals(np.zeros((0, 4)), np.zeros((h, w), np.int32), radius, polarity)

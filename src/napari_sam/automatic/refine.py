@@ -235,7 +235,7 @@ def refine_boxes(
         zoom: embed zoomed windows for small objects (False: the whole image once).
         object_size: target box side at the encoder input, pixels (default ``S / 4``).
         max_upscale: largest magnification of a window.
-        max_windows: at most this many encoder windows (None: as many as the zoom
+        max_windows: at most this many encoder windows (None or 0: as many as the zoom
             needs; see :func:`.windows.plan_windows`).
         mask_prompts: optional ``N`` pairs ``(mask, region)``: a rough bool mask over
             the ``(x0, y0, x1, y1)`` region of the image, given as mask prompt.
