@@ -41,6 +41,18 @@ def test_annotator_keeps_and_reuses_plane_embeddings_in_the_store(make_napari_vi
     (path,) = _stores(tmp_path)
     assert path.name.startswith("blobs-lite_medsam-") and len(EmbeddingStore(path)) == 3
     assert widgets[1].predictor.embedding.key.plane == (0,)
+    # a box on a small blob is answered from a zoomed window: one more encoder run, kept in the store
+    widget = widgets[1]
+    corners = np.array([[0, 40, 50], [0, 40, 60], [0, 50, 60], [0, 50, 50]], float)
+    widget.boxes_layer.add_rectangles(corners)
+    widget.wait_until_ready(timeout=300)
+    widget.update_preview()
+    assert fast_model.image_encoder.calls == 5
+    windows = [name for name in EmbeddingStore(path).entry_names() if "window-" in name]
+    assert len(windows) == 1 and windows[0].startswith("plane-0_")
+    widget.boxes_layer.add_rectangles(corners + [0, 2, 2])  # a neighbour in the same window: decoder only
+    widget.update_preview()
+    assert fast_model.image_encoder.calls == 5
     for widget in widgets:
         qtbot.waitUntil(lambda w=widget: not w._jobs.busy and not w.models.busy, timeout=300_000)
 

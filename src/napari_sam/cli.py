@@ -327,7 +327,10 @@ def _segment_prompts(args, rgb, model, prompts, store=None, key=None):
     from .embed import embed_one
 
     predictor = Predictor(model, precision=args.precision)
-    predictor.set_embedding(embed_one(model, rgb, key=key, store=store, precision=args.precision, rgb_ready=True))
+    predictor.store = store  # zoomed windows (small objects) are stored with the image's embedding
+    embedding = embed_one(model, rgb, key=key, store=store, cache=predictor.cache, precision=args.precision,
+                          rgb_ready=True)
+    predictor.set_embedding(embedding, image=rgb, rgb_ready=True)
     labels = np.zeros(rgb.shape[:2], np.uint32)
     coords, point_labels, objects = points
     object_ids = np.unique(objects)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -323,23 +324,28 @@ class EmbeddingCache:
 
     Keys are :class:`EmbeddingKey` (any hashable works). Each embedding is
     1 x 256 x 64 x 64 float32 (4 MiB); the default bound keeps 64 of them.
+    Thread-safe: the annotator's embedding worker and its preview worker (zoomed
+    windows) share one.
     """
 
     def __init__(self, max_bytes: int = 256 * 2**20) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[Hashable, ImageEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> ImageEmbedding | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
 
     def put(self, key: Hashable, embedding: ImageEmbedding) -> None:
-        self._items[key] = embedding
-        self._items.move_to_end(key)
-        while len(self._items) > 1 and sum(e.nbytes for e in self._items.values()) > self.max_bytes:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = embedding
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and sum(e.nbytes for e in self._items.values()) > self.max_bytes:
+                self._items.popitem(last=False)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
@@ -347,5 +353,11 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def keys(self) -> list[Hashable]:
+        """The keys held, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()

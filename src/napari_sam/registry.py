@@ -90,6 +90,21 @@ class ModelSpec:
             return self.automatic
         return "points" if self.supports_points else "boxes"
 
+    @property
+    def zooms_prompts(self) -> bool:
+        """Whether :class:`~napari_sam.predictor.Predictor` answers prompts on small
+        objects from a zoomed window of the image (:mod:`napari_sam.zoom`).
+
+        True for models with a small encoder input (LiteMedSAM's 256 px, and models
+        fine-tuned from it, which were trained on such windows): a 20 px nucleus of a
+        1,000 px image is 5 px at their input. SAM models (1,024 px) answer from the
+        whole image, as Meta's ``SamPredictor`` does.
+        """
+        return self.image_size < ZOOM_BELOW_INPUT_SIZE
+
+
+#: Models whose encoder input is smaller than this zoom in on small objects (see ModelSpec.zooms_prompts).
+ZOOM_BELOW_INPUT_SIZE = 512
 
 _SAM_PROMPTS = ("points", "boxes", "masks")
 

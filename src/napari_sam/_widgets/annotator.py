@@ -59,6 +59,7 @@ class AnnotatorWidget(Container):
         self._geometry = None
         self._wanted_key = self._ready_key = None
         self._signature = self._store = None  # the image's signature; the EmbeddingStore in use
+        self._plane_source: tuple = (None, None, None, None)  # (key, plane, channel axis, channels) on screen
         self._last_error: str | None = None
         self._watched_image = None
         self._commits: list[tuple] = []  # (labels layer, prompts taken) per commit, for undo
@@ -253,7 +254,7 @@ class AnnotatorWidget(Container):
     def _on_model_loaded(self, model) -> None:
         from ..predictor import Predictor
 
-        self.predictor = Predictor(model)
+        self.predictor = Predictor(model, cache=self.cache)
         self._last_error = None
         spec = model.spec
         self.controls.hint.value = (
@@ -300,6 +301,7 @@ class AnnotatorWidget(Container):
             self.memory.clear()
             self._show([])
         axis = -1 if frame.channel_axis is not None else None
+        self._plane_source = (key, plane, axis, channels)  # zoomed windows are cut from it (Predictor.zoom)
         store = self._embedding_store(key)
         embedding = self._jobs.request(key, self.predictor.model, plane, axis, channels, store=store)
         if embedding is not None:
@@ -336,11 +338,17 @@ class AnnotatorWidget(Container):
             store = self._embedding_store(self._ready_key)
             if store is not None and store.get(self._ready_key, memory=False) is None:
                 store.put(self.predictor.embedding)
+            self.predictor.store = store
 
     def _on_embedding(self, key, embedding) -> None:
         if key != self._wanted_key or self.predictor is None:
             return
-        self.predictor.set_embedding(embedding)
+        source_key, plane, axis, channels = self._plane_source
+        if source_key == key:
+            self.predictor.set_embedding(embedding, image=plane, channel_axis=axis, channels=channels)
+        else:
+            self.predictor.set_embedding(embedding)
+        self.predictor.store = self._store if self.controls.store.value is not None else None
         self._ready_key = key
         self._last_error = None
         plane = self._geometry.plane_index
