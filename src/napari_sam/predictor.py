@@ -155,10 +155,12 @@ class Predictor:
                 f"This embedding was computed by model {embedding.model_name!r}, not {self.spec.name!r}; "
                 "compute it again with set_image."
             )
+        same = embedding.key is not None and self._embedding is not None and embedding.key == self._embedding.key
         self._embedding = embedding
         self._rgb = image if rgb_ready else None
         self._source = None if image is None or rgb_ready else (image, channel_axis, channels)
-        self._frames.clear()
+        if not same:  # the same plane again: logits shown before are still in their windows
+            self._frames.clear()
 
     def reset_image(self) -> None:
         self._embedding = None

@@ -27,6 +27,7 @@ clicks on one object, and on its neighbours, reuse one window embedding).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -102,19 +103,24 @@ class LogitFrames:
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._items: OrderedDict[bytes, Window | None] = OrderedDict()
+        self._lock = threading.Lock()  # the annotator predicts on the GUI thread and in a worker
 
     def remember(self, low_res: np.ndarray, window: Window | None) -> None:
         """Record every ``256 x 256`` map of ``... x 256 x 256`` logits as decoded in ``window``."""
-        for logits in np.asarray(low_res).reshape(-1, *np.shape(low_res)[-2:]):
-            key = _fingerprint(logits)
-            self._items[key] = window
-            self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
+        keys = [_fingerprint(logits) for logits in np.asarray(low_res).reshape(-1, *np.shape(low_res)[-2:])]
+        with self._lock:
+            for key in keys:
+                self._items[key] = window
+                self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
     def window_of(self, logits: np.ndarray) -> Window | None:
         """The window ``256 x 256`` ``logits`` were decoded in (None: the whole image, or not known)."""
-        return self._items.get(_fingerprint(logits))
+        key = _fingerprint(logits)
+        with self._lock:
+            return self._items.get(key)
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
