@@ -11,7 +11,7 @@ import torch
 
 from . import clicks
 from . import zoom as zooming
-from .embed import embed_one
+from .embed import Window, embed_one
 from .embedding import EmbeddingCache, EmbeddingKey, ImageEmbedding, image_signature
 from .errors import PromptError
 from .inference import (
@@ -24,7 +24,6 @@ from .models.sam import SamModel
 from .preprocess import as_rgb
 from .prompt_checks import check_boxes, check_mask_input, check_points
 
-Window = tuple[int, int, int, int]
 
 #: Side of the low-resolution logits the decoder returns (and accepts as mask_input).
 LOW_RES_SIDE = 256
@@ -94,6 +93,7 @@ class Predictor:
         self._embedding: ImageEmbedding | None = None
         self._source: tuple | None = None  # (plane, channel_axis, channels) windows are cut from
         self._rgb: np.ndarray | None = None
+        self._window_key: EmbeddingKey | None = None  # the key windows are stored under (built once per image)
         self._frames = zooming.LogitFrames()
 
     @property
@@ -128,7 +128,7 @@ class Predictor:
         """
         rgb = as_rgb(image, channel_axis=channel_axis, channels=channels)
         self._embedding = embed_one(self.model, rgb, rgb_ready=True, cache=self.cache, precision=self.precision)
-        self._rgb, self._source = rgb, None
+        self._rgb, self._source, self._window_key = rgb, None, None
         self._frames.clear()
         return self._embedding
 
@@ -159,12 +159,13 @@ class Predictor:
         self._embedding = embedding
         self._rgb = image if rgb_ready else None
         self._source = None if image is None or rgb_ready else (image, channel_axis, channels)
+        self._window_key = None
         if not same:  # the same plane again: logits shown before are still in their windows
             self._frames.clear()
 
     def reset_image(self) -> None:
         self._embedding = None
-        self._rgb = self._source = None
+        self._rgb = self._source = self._window_key = None
         self._frames.clear()
 
     # ------------------------------------------------------------------ zoomed windows
@@ -181,9 +182,10 @@ class Predictor:
                 raise PromptError("This predictor has no image to cut windows from: give image= to set_embedding.")
             image, channel_axis, channels = self._source
             self._rgb = as_rgb(np.asarray(image), channel_axis=channel_axis, channels=channels)
-        key = embedding.key
-        if key is None:
-            key = EmbeddingKey.create(image_signature(self._rgb), self.model, self.precision)
+        if self._window_key is None:  # a hand-made embedding has no key: hash the image once
+            self._window_key = embedding.key or EmbeddingKey.create(image_signature(self._rgb), self.model,
+                                                                    self.precision)
+        key = self._window_key
         return embed_one(self.model, self._rgb, windows=[window], key=key, cache=self.cache, store=self.store,
                          precision=key.precision, rgb_ready=True)
 

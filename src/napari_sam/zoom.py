@@ -32,13 +32,13 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .embed import Window
+
 #: Views tried for clicks without a box (each may cost one encoder run, cached).
 MAX_PASSES = 3
 #: A first view of the whole image is used when the image is at most this many
 #: times the encoder input (else a window of input size around the clicks).
 WHOLE_FIRST_VIEW_MAX_DOWNSCALE = 2.0
-
-Window = tuple[int, int, int, int]
 
 
 def prompt_window(box: np.ndarray, shape: tuple[int, int], image_size: int) -> Window | None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import clicks
+from .. import clicks, zoom
 from ..embed import compute_embeddings
 from ..embedding import EmbeddingCache, EmbeddingKey
 from ..errors import PromptError
@@ -101,11 +101,8 @@ class RefinedObject:
 
 def mask_box(obj: RefinedObject) -> np.ndarray:
     """``4`` float64 box (x0, y0, x1, y1; ends exclusive) around a non-empty object mask."""
-    mask = obj.mask
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
     x0, y0 = obj.region[:2]
-    return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1], dtype=np.float64)
+    return zoom.mask_box(obj.mask) + np.array([x0, y0, x0, y0], dtype=np.float64)
 
 
 # --------------------------------------------------------------------- decoding
@@ -173,11 +170,11 @@ def _decode_window(
     local = boxes - np.array([wx0, wy0, wx0, wy0], dtype=np.float64)
     local *= np.array([sx, sy, sx, sy])
     regions = _regions(boxes, window)
+    boxes_t = torch.from_numpy(local).float()
     if mask_inputs is None:
         # Each box on the embedding tokens under its region (see TOKEN_CONTEXT).
         reach = (regions - np.array([wx0, wy0, wx0, wy0], dtype=np.float64)) * np.array([sx, sy, sx, sy])
         reach += np.array([-1.0, -1.0, 1.0, 1.0]) * TOKEN_CONTEXT
-        boxes_t = torch.from_numpy(local).float()
         low_res = torch.empty(len(boxes), 1, 256, 256)
         iou = torch.empty(len(boxes), 1)
         grid = embedding.features.shape[-1]
@@ -186,8 +183,8 @@ def _decode_window(
             low_res[rows_t], iou[rows_t] = decode_boxes_in_window(model, embedding, boxes_t[rows_t], tokens.rows,
                                                                   tokens.cols)
     else:  # mask prompts are dense over the whole grid
-        low_res, iou = decode_prompts(model, embedding, boxes=torch.from_numpy(local).float(),
-                                      mask_input=torch.from_numpy(mask_inputs).float(), multimask=False)
+        low_res, iou = decode_prompts(model, embedding, boxes=boxes_t, mask_input=torch.from_numpy(mask_inputs).float(),
+                                      multimask=False)
     patches = _sample_logits(low_res, regions, window, embedding.input_size, embedding.image_size)
     result = []
     for k, patch in enumerate(patches):
