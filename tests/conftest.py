@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +27,18 @@ def lite_medsam():
     from napari_sam import load_model
 
     return load_model("lite_medsam")
+
+
+@pytest.fixture(scope="session")
+def dsb_nuclei():
+    """DSB 2018's ``img2d.tif`` (512 x 512) and its instance labels, from the stardist wheel (fetched once)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import evaluate_quality
+    import tifffile
+
+    try:
+        paths = evaluate_quality.fetch("stardist", evaluate_quality.default_data_dir())
+    except Exception as error:  # noqa: BLE001 - no registry: say so
+        pytest.skip(f"DSB 2018 data (stardist wheel) not available: {error}")
+    return (tifffile.imread(paths["stardist/data/images/img2d.tif"]),
+            tifffile.imread(paths["stardist/data/images/mask2d.tif"]))

@@ -5,9 +5,6 @@ Synthetic objects of known size, then real ones (skimage's coins, DSB 2018 nucle
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +13,6 @@ from scipy import ndimage
 
 from napari_sam import Predictor, clicks, load_model
 from napari_sam.errors import PromptError
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -145,18 +140,8 @@ def test_one_click_on_each_coin(predictor):
     assert np.mean(ious) > 0.90 and np.min(ious) > 0.6, np.round(ious, 2)
 
 
-def test_one_click_on_dsb_nuclei(predictor):
-    sys.path.insert(0, str(BENCHMARKS))
-    import evaluate_quality
-
-    try:
-        paths = evaluate_quality.fetch("stardist", evaluate_quality.default_data_dir())
-    except Exception as error:  # noqa: BLE001 - no registry: say so
-        pytest.skip(f"DSB 2018 data (stardist wheel) not available: {error}")
-    import tifffile
-
-    image = tifffile.imread(paths["stardist/data/images/img2d.tif"])
-    labels = tifffile.imread(paths["stardist/data/images/mask2d.tif"])
+def test_one_click_on_dsb_nuclei(predictor, dsb_nuclei):
+    image, labels = dsb_nuclei
     predictor.set_image(image)
     ids = [i for i in np.unique(labels)[1:] if (labels == i).sum() >= 100][::6]  # every 6th nucleus
     ious = [iou(best(predictor.predict(points=[interior_point(labels == i)], labels=[1])), labels == i) for i in ids]

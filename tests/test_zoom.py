@@ -1,8 +1,5 @@
 """Zoomed prompting (napari_sam.zoom): windows, logit frames, and what it buys on real nuclei."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from coins_reference import iou
@@ -10,8 +7,6 @@ from coins_reference import iou
 from napari_sam import Predictor
 from napari_sam.automatic.windows import plan_windows
 from napari_sam.zoom import LogitFrames, first_view, prompt_window, union_box
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_a_small_box_gets_the_window_box_refinement_would_give_it():
@@ -48,18 +43,8 @@ def test_logit_frames_remember_each_map():
 
 
 @pytest.fixture(scope="module")
-def dsb():
-    sys.path.insert(0, str(BENCHMARKS))
-    import evaluate_quality
-
-    try:
-        paths = evaluate_quality.fetch("stardist", evaluate_quality.default_data_dir())
-    except Exception as error:  # noqa: BLE001 - no registry: say so
-        pytest.skip(f"DSB 2018 data (stardist wheel) not available: {error}")
-    import tifffile
-
-    image = tifffile.imread(paths["stardist/data/images/img2d.tif"])
-    labels = tifffile.imread(paths["stardist/data/images/mask2d.tif"])
+def dsb(dsb_nuclei):
+    image, labels = dsb_nuclei
     ids = [i for i in np.unique(labels)[1:] if (labels == i).sum() >= 100][::4]
     return image, labels, ids
 
