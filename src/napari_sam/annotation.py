@@ -390,6 +390,7 @@ def commit_masks(
     masks: np.ndarray,
     mode: str = DEFAULT_COMMIT_MODE,
     next_id: int | None = None,
+    ids: Sequence[int] | None = None,
 ) -> CommitResult:
     """Write object masks into a label plane with new consecutive ids.
 
@@ -404,6 +405,8 @@ def commit_masks(
         next_id: the first id to use (default :func:`next_free_id` of the plane; pass
             the volume's for nD data). Objects that end up empty get no id, so the
             ids written are consecutive.
+        ids: the id of each object instead (an object through the planes of a
+            stack keeps one id: :func:`commit_stack`); ``next_id`` is then unused.
 
     Returns:
         :class:`CommitResult`.
@@ -439,8 +442,11 @@ def commit_masks(
         owner = masks.argmax(axis=0)
     owners = owner[covered]
     written = np.bincount(owners, minlength=k) > 0
+    given = None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+    if given is not None and (given.shape[0] != k or (given <= 0).any()):
+        raise ImageError(f"ids must be {k} positive ids, one per object; got {list(given)}.")
     ids = np.zeros(k, np.int64)
-    ids[written] = first_id + np.arange(int(written.sum()))
+    ids[written] = given[written] if given is not None else first_id + np.arange(int(written.sum()))
     if written.any() and np.issubdtype(label_plane.dtype, np.integer):
         top = int(ids.max())
         if top > np.iinfo(label_plane.dtype).max:
@@ -451,3 +457,98 @@ def commit_masks(
     plane = label_plane.copy()
     plane[covered] = ids[owners]
     return CommitResult(plane=plane, ids=ids, changed=plane != label_plane)
+
+
+@dataclass(frozen=True)
+class StackCommit:
+    """What :func:`commit_stack` wrote.
+
+    Attributes:
+        ids: ``K`` ids, one per object (the same on every plane), 0 for an object not written.
+        indices: a tuple of ``D`` index arrays into the spatial volume, the voxels that change.
+        values: the new label of each of those voxels.
+        planes: plane indices written per object (empty for skipped objects).
+    """
+
+    ids: np.ndarray
+    indices: tuple[np.ndarray, ...]
+    values: np.ndarray
+    planes: list[list[int]]
+
+    @property
+    def written_ids(self) -> np.ndarray:
+        return self.ids[self.ids > 0]
+
+    @property
+    def skipped(self) -> np.ndarray:
+        return np.flatnonzero(self.ids == 0)
+
+
+def commit_stack(labels: np.ndarray, geometry_at, objects: Sequence[dict], mode: str = DEFAULT_COMMIT_MODE,
+                 ids: Sequence[int | None] | None = None) -> StackCommit:
+    """Write objects that span several planes, each with one id on every plane.
+
+    Args:
+        labels: the spatial label volume (read only; the caller writes
+            :attr:`StackCommit.indices` / :attr:`~StackCommit.values` in one step).
+        geometry_at: ``geometry_at(k)`` -> the :class:`PlaneGeometry` of plane ``k``.
+        objects: one ``{plane: mask}`` per object, masks ``H x W`` bool or
+            :class:`~napari_sam.propagation.RegionMask`.
+        mode: as :func:`commit_masks`; with ``"keep"``, an object touching another
+            label on any of its planes is not written on any plane.
+        ids: the id of each object (e.g. the committed label it was propagated
+            from: its own pixels do not count as another label), None for a new one;
+            new ids are consecutive from :func:`next_free_id` of the volume.
+
+    Returns:
+        :class:`StackCommit`.
+    """
+    if mode not in COMMIT_MODES:
+        raise ImageError(f"Unknown commit mode {mode!r}; choose one of {', '.join(COMMIT_MODES)}.")
+    k = len(objects)
+    wanted = list(ids) if ids is not None else [None] * k
+    if len(wanted) != k:
+        raise ImageError(f"ids has {len(wanted)} entries for {k} objects.")
+    full = [{p: (m.full() if hasattr(m, "full") else np.asarray(m, bool)) for p, m in o.items()} for o in objects]
+    own = [int(i) if i else 0 for i in wanted]
+    if mode == "keep":
+        for j, masks in enumerate(full):
+            for p, mask in masks.items():
+                plane = geometry_at(p).read(labels)
+                if ((plane != 0) & (plane != own[j]) & mask).any():
+                    full[j] = {}
+                    break
+    top = next_free_id(labels)
+    final = np.zeros(k, np.int64)
+    for j in range(k):
+        if full[j] and any(m.any() for m in full[j].values()):
+            final[j] = own[j] if own[j] else top
+            top += 0 if own[j] else 1
+    plane_mode = "fill_background" if mode == "keep" else mode
+    indices: list[list[np.ndarray]] = []
+    values: list[np.ndarray] = []
+    planes: list[list[int]] = [[] for _ in range(k)]
+    for p in sorted({p for masks in full for p in masks}):
+        members = [j for j in range(k) if final[j] and p in full[j]]
+        if not members:
+            continue
+        geometry = geometry_at(p)
+        plane = geometry.read(labels)
+        masks = np.stack([full[j][p] for j in members])
+        mine = np.isin(plane, [own[j] for j in members if own[j]])  # an object's own label is not "existing"
+        base = np.where(mine, 0, plane)
+        result = commit_masks(base, masks, plane_mode, ids=final[members])
+        new = np.where(mine & (result.plane == 0), plane, result.plane)  # own pixels the mask left stay
+        changed = new != plane
+        rows, cols = np.nonzero(changed)
+        if len(rows):
+            indices.append(list(geometry.volume_indices(rows, cols)))
+            values.append(new[rows, cols])
+        for j, written in zip(members, result.ids):
+            if written:
+                planes[j].append(p)
+    ndim = np.ndim(labels)
+    index = tuple(np.concatenate([ix[a] for ix in indices]) if indices else np.zeros(0, np.intp) for a in range(ndim))
+    value = np.concatenate(values) if values else np.zeros(0, np.asarray(labels).dtype)
+    final[[j for j in range(k) if not planes[j]]] = 0
+    return StackCommit(final, index, value, planes)
