@@ -172,3 +172,30 @@ def test_segment_reports_the_encoder_precision(coins_files, capsys, extra, expec
     assert code == 0
     expected = expected or ("bfloat16" if native_bfloat16() else "float32")
     assert f"256 px input, {expected} image encoder)" in capsys.readouterr().err  # progress goes to stderr
+
+
+def test_segment_a_stack_with_axes_and_boxes_on_planes(tmp_path, capsys):
+    """``--axes ZYX`` with a ``z,x0,y0,x1,y1`` CSV: each box's object through the stack, row i -> label i + 1."""
+    from skimage.draw import disk as draw_disk
+
+    truth = np.zeros((8, 64, 64), np.uint8)
+    for k in range(1, 7):
+        truth[k][draw_disk((20, 18 + k), 7 + k / 3, shape=(64, 64))] = 1
+    for k in range(0, 4):
+        truth[k][draw_disk((48, 46), 8, shape=(64, 64))] = 2
+    rng = np.random.default_rng(2)
+    image = ((truth > 0) * 150 + 40 + rng.normal(0, 8, truth.shape)).clip(0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", image)
+    (tmp_path / "boxes.csv").write_text("z,x0,y0,x1,y1\n3,11,11,32,30\n1,37,38,57,58\n")
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(tmp_path / "stack.tif"), "--axes", "zyx", "--boxes", str(tmp_path / "boxes.csv"),
+                 "-o", str(out), "--propagate-min-iou", "0.8"]) == 0
+    err = capsys.readouterr().err
+    assert "axes ZYX" in err and "boxes propagate along Z" in err
+    labels = tifffile.imread(out)
+    assert labels.shape == truth.shape
+    for label in (1, 2):
+        both = ((labels == label) & (truth == label)).sum() / ((labels == label) | (truth == label)).sum()
+        assert both > 0.8, (label, both)
+    assert main(["segment", str(tmp_path / "stack.tif"), "--axes", "TZYX", "-o", str(out)]) == 2
+    assert "names 4 axes" in capsys.readouterr().err

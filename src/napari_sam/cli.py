@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", help="torch device (default: cpu)")
     segment.add_argument("--store", help="embedding store folder (from samkit embed): embeddings are read from it, "
                                          "and written to it when missing (created if missing)")
+    segment.add_argument("--axes", help="segment a stack: its axis letters, e.g. ZYX (a volume: 3D objects), TYX "
+                         "(a time-lapse: tracks), TZYX; Y and X last. Without it an image must be 2D")
+    segment.add_argument("--through", choices=("Z", "T"),
+                         help="axis that boxes with a plane column are propagated along (default: Z, else T)")
     segment.add_argument("--quiet", action="store_true", help="print nothing but errors")
     embed = sub.add_parser(
         "embed",
@@ -128,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
 
     from .automatic.parameters import AMG_PARAMETERS
 
+    from .linking import LINKING_PARAMETERS
+    from .propagation import PROPAGATION_PARAMETERS
+
+    for title, prefix, table in (("linking planes of a stack (--axes, automatic)", "link-", LINKING_PARAMETERS),
+                                 ("propagating boxes through a stack (--axes, boxes with planes)", "propagate-",
+                                  PROPAGATION_PARAMETERS)):
+        stack_group = segment.add_argument_group(title)
+        for name, p in table.items():
+            stack_group.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix.replace("-", "_") + name,
+                                     type=p.kind, default=p.default, help=f"{p.help} (default {p.default:g})")
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
     for name, p in AMG_PARAMETERS.items():
         where = "" if p.used_by("points") else "; box proposals only"
@@ -356,7 +370,7 @@ def _threshold(args) -> dict:
 def _cmd_segment(args) -> int:
     import numpy as np
 
-    from .errors import PromptError
+    from .errors import ImageError, PromptError
     from .io import LABEL_SUFFIXES, PICTURE_SUFFIXES, check_output_path, overlay_image, read_image, write_labels
     from .io import write_png
     from .loading import load_model
@@ -369,6 +383,12 @@ def _cmd_segment(args) -> int:
         check_output_path(args.overlay, "the overlay picture (--overlay)", PICTURE_SUFFIXES, inputs + (args.output,))
     image = read_image(args.image)
     prep = _channels(args)
+    if args.axes:
+        return _segment_stack(args, image, prep, started)
+    if image.ndim >= 3 and prep.get("channel_axis") is None and not (image.ndim == 3 and image.shape[-1] in (3, 4)):
+        raise ImageError(f"{args.image} has shape {image.shape}: this looks like a 3D stack, not a 2D image. Give "
+                         f"--axes (e.g. {'ZYX' if image.ndim == 3 else 'TZYX'}) to segment it as a stack, or "
+                         "--channel-axis if one axis holds channels.")
     rgb = as_rgb(image, **prep)  # validated and converted once, before the model loads
     has_prompts = bool(args.boxes or args.points or args.labels)
     mode = args.mode or ("prompts" if has_prompts else "auto")
@@ -413,6 +433,58 @@ def _cmd_segment(args) -> int:
     if args.overlay:
         write_png(args.overlay, overlay_image(rgb, labels))
         _say(args.quiet, f"wrote overlay picture {args.overlay}")
+    return 0
+
+
+def _segment_stack(args, image, prep: dict, started: float) -> int:
+    """``samkit segment --axes``: a volume or time-lapse, every mode, ids through the stack."""
+    import numpy as np
+
+    from .annotation import spatial_shape
+    from .errors import PromptError
+    from .io import read_image, read_plane_boxes_csv, write_labels
+    from .linking import LINKING_PARAMETERS, write_tracks_csv
+    from .loading import load_model
+    from .propagation import PROPAGATION_PARAMETERS
+    from .stack import AXIS_NAMES, parse_axes, through_axis
+    from .volumes import segment_volume
+
+    if prep.get("channel_axis") is not None or prep.get("channels"):
+        raise PromptError("--axes with --channel-axis is not supported yet: save the stack as gray or RGB planes.")
+    if args.points:
+        raise PromptError("--axes takes --boxes (with or without a plane column) or --labels, not --points.")
+    rgb = image.ndim >= 3 and image.shape[-1] in (3, 4) and len(args.axes) == image.ndim - 1
+    axes = parse_axes(args.axes, len(spatial_shape(image.shape, rgb=rgb)))
+    axis = through_axis(axes, args.through)
+    mode = "labels" if args.labels else "boxes" if args.boxes else "everything"
+    boxes = read_plane_boxes_csv(args.boxes, axes[axis] if axis is not None else None) if args.boxes else None
+    rough = read_image(args.labels) if args.labels else None
+    along = ", ".join(f"{a} ({AXIS_NAMES[a]})" for a in axes[:-2])
+    _say(args.quiet, f"stack {args.image}: {image.shape} {image.dtype}, axes {axes}" + (" + RGB" if rgb else "")
+         + "; planes are Y x X, " + (f"ids kept through {along}" if along else "one plane")
+         + (f"; boxes propagate along {axes[axis]} (--through to change)" if boxes and boxes[0] is not None else ""))
+    model = load_model(args.model, model_type=args.model_type, device=args.device)
+    from .automatic.parameters import AMG_PARAMETERS
+
+    params = {name: getattr(args, name) for name in AMG_PARAMETERS}
+    linking = {name: getattr(args, "link_" + name) for name in LINKING_PARAMETERS}
+    propagation = {name: getattr(args, "propagate_" + name) for name in PROPAGATION_PARAMETERS}
+    bar = _progress(args.quiet, "planes")
+    result = segment_volume(image, model, axes, mode, rgb=rgb, through=args.through, boxes=boxes,
+                            rough_labels=rough, params=params, strategy=args.strategy, precision=args.precision,
+                            linking=linking, propagation=propagation, store=args.store, progress=bar)
+    labels = np.asarray(result.labels)
+    write_labels(args.output, labels)
+    count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s")
+    if "T" in axes[:-2] and mode == "everything":
+        from pathlib import Path
+
+        table = Path(args.output).with_name(Path(args.output).stem + "_tracks.csv")
+        write_tracks_csv(table, labels, result.parents, axes.index("T"))
+        _say(args.quiet, f"wrote the tracks table {table} ({len(result.parents)} division children)")
+    if args.overlay:
+        _say(args.quiet, "--overlay is drawn for 2D images only; open the stack and its labels in napari.")
     return 0
 
 

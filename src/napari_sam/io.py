@@ -225,6 +225,29 @@ def read_boxes_csv(path: str | os.PathLike) -> np.ndarray:
     return _numeric_table(Path(path), 4, 4, "boxes (x0,y0,x1,y1)")
 
 
+def read_plane_boxes_csv(path: str | os.PathLike, plane_axis: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Boxes of a stack: rows ``x0,y0,x1,y1``, or ``p,x0,y0,x1,y1`` with a plane column first.
+
+    The plane column is recognised by a header naming the axis (``z`` or ``t``, or
+    ``plane``) or by five columns. Returns ``(planes N or None, boxes N x 4)``;
+    ``None``: the boxes apply to every plane.
+    """
+    path = Path(path)
+    rows = _rows(path)
+    header = [cell.strip().lower() for cell in rows[0]] if not any(_is_number(c) for c in rows[0]) else None
+    five = len(rows[-1]) == 5 or (header is not None and header[0] in ("z", "t", "plane"))
+    if not five:
+        return None, read_boxes_csv(path)
+    if header is not None and plane_axis is not None and header[0] in ("z", "t") and header[0] != plane_axis.lower():
+        raise InputFileError(f"{path}: the plane column is {header[0]!r} but the stack is segmented through "
+                             f"{plane_axis.upper()}; rename the column or give --through {header[0].upper()}.")
+    table = _numeric_table(path, 5, 5, "boxes with a plane column (p,x0,y0,x1,y1)")
+    planes = table[:, 0]
+    if (planes != np.round(planes)).any() or (planes < 0).any():
+        raise InputFileError(f"{path}: the plane column must hold whole plane numbers from 0.")
+    return planes.astype(np.int64), table[:, 1:]
+
+
 def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points from a CSV of rows ``x,y[,label[,object]]`` (header optional).
 

@@ -251,3 +251,61 @@ def tracks_data(labels: np.ndarray, scale=None) -> np.ndarray:
             rows.append([int(i), t, *c])
     data = np.asarray(rows, dtype=np.float64).reshape(-1, labels.ndim + 1)
     return data[np.lexsort((data[:, 1], data[:, 0]))] if len(data) else data
+
+
+def link_stack(labels: np.ndarray, axes: str, **settings) -> Linked:
+    """Link per-plane labels of a stack with axis letters ``axes`` (see :func:`napari_sam.stack.parse_axes`).
+
+    A ``Z`` axis links into 3D objects (within each time point), then a ``T`` axis
+    links objects (2D, or 3D after the first step) into tracks with divisions;
+    ``min_extent`` applies along Z only (every track is kept). Other axes are left as they are.
+
+    Args:
+        labels: ``... x Y x X`` labels numbered per plane.
+        settings: :data:`LINKING_PARAMETERS`.
+
+    Returns:
+        :class:`Linked` (``parents`` from the time links).
+    """
+    labels = np.asarray(labels)
+    if len(axes) != labels.ndim:
+        raise ImageError(f"Axes {axes!r} do not fit labels of shape {labels.shape}.")
+    out = labels.astype(np.uint32)
+    parents: dict[int, int] = {}
+    if "Z" in axes[:-2]:
+        z = axes.index("Z")
+        moved = np.moveaxis(out, z, 0)
+        others = moved.shape[1:-2]
+        result = np.zeros_like(moved)
+        offset = 0
+        for index in np.ndindex(*others):
+            where = (slice(None),) + index
+            linked = link_planes(moved[where], **settings).labels
+            result[where] = np.where(linked > 0, linked + offset, 0)
+            offset = int(result.max())
+        out = np.moveaxis(result, 0, z)
+    if "T" in axes[:-2]:
+        t = axes.index("T")
+        time_settings = {**settings, "min_extent": 1}
+        moved = np.moveaxis(out, t, 0)
+        linked = link_planes(moved, divisions=True, **time_settings)
+        out, parents = np.moveaxis(linked.labels, 0, t), linked.parents
+    return Linked(np.ascontiguousarray(out), parents)
+
+
+def write_tracks_csv(path, labels: np.ndarray, parents: dict[int, int], time_axis: int = 0) -> None:
+    """A table of tracks: one row per track ``track_id,start,end,parent`` (the Cell Tracking Challenge's
+    ``res_track.txt`` columns, with a header; parent 0 for none)."""
+    import csv
+
+    moved = np.moveaxis(np.asarray(labels), time_axis, 0)
+    spans: dict[int, list[int]] = {}
+    for t in range(moved.shape[0]):
+        for i in np.unique(moved[t]):
+            if i:
+                spans.setdefault(int(i), [t, t])[1] = t
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["track_id", "start", "end", "parent"])
+        for i in sorted(spans):
+            writer.writerow([i, spans[i][0], spans[i][1], parents.get(i, 0)])

@@ -20,7 +20,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..annotation import MaskChoice, commit_masks, image_plane
-from ..embedding import EmbeddingCache, EmbeddingKey, image_signature, plane_view
+from ..embedding import EmbeddingCache, EmbeddingKey, image_signature
 from ..errors import ImageError, PromptError, SamkitError
 from ..interactive import RefinementMemory
 from ..registry import DEFAULT_MODEL
@@ -31,6 +31,7 @@ from ._jobs import EmbeddingJobs, LatestJobs, Lifetime, _predict, stop_jobs_on_e
 from ._models import ModelPicker
 from ._prompts import PromptLayers
 from ._report import error_message, notify_errors
+from ._stack import PROPAGATE_KEY, StackTools
 
 #: Previews slower than this (seconds, the last one measured) are computed in a worker.
 SYNC_PREVIEW_SECONDS = 0.1
@@ -78,6 +79,7 @@ class AnnotatorWidget(Container):
                                      lambda _widget: model_choices(model_files))
         self.models = ModelPicker(c.model, c.device, self._on_model_loaded, self._report, c.set_status,
                                   model_files, self.native, self._lifetime)
+        self.stack_tools = StackTools(self, self)
         c.image.changed.connect(self._on_image_changed)
         c.channels_first.changed.connect(self._on_image_changed)
         c.store.changed.connect(lambda *_: self._gui(self._on_store_changed))
@@ -97,6 +99,7 @@ class AnnotatorWidget(Container):
                    "undo": self.undo_commit}
         for action, method in actions.items():
             self.viewer.bind_key(SHORTCUTS[action], lambda _viewer, m=method: self._gui(m), overwrite=True)
+        self.viewer.bind_key(PROPAGATE_KEY, lambda _viewer: self._gui(self.segment_through_stack), overwrite=True)
         on_undock(self.native, self.disconnect_viewer)
         stop_jobs_on_exit(self.native, self._stop_jobs, self._lifetime)
         self.set_model(model, device)
@@ -112,6 +115,7 @@ class AnnotatorWidget(Container):
         self._connections = []
         for action in ("commit", "next_mask", "clear", "undo"):
             self.viewer.bind_key(SHORTCUTS[action], None)
+        self.viewer.bind_key(PROPAGATE_KEY, None)
         if self._watched_image is not None:
             self._watched_image.events.data.disconnect(self._on_image_data)
             self._watched_image = None
@@ -121,6 +125,7 @@ class AnnotatorWidget(Container):
         """Drop every waiting embedding and preview (a running encoder finishes; nothing is applied)."""
         self._jobs.cancel()
         self._previews.cancel()
+        self.stack_tools.cancel()
 
     # ------------------------------------------------------------------ reporting
 
@@ -290,12 +295,15 @@ class AnnotatorWidget(Container):
             return  # same plane, same data: nothing to hash or compute
         frame = self._frame
         plane = image_plane(frame.layer.data, geometry, rgb=frame.rgb, channel_axis=frame.channel_axis)
-        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None
-        key = self._embedding_key(geometry, channels)
+        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None  # as PlaneStack
+        key = self._embedding_key(geometry)
         if key == self._wanted_key and geometry == self._geometry:
             return
         plane_moved = self._geometry is None or geometry.plane_index != self._geometry.plane_index
+        displayed_changed = self._geometry is None or geometry.displayed != self._geometry.displayed
         self._geometry, self._wanted_key = geometry, key
+        if displayed_changed:
+            self.stack_tools.refresh()
         if plane_moved or key != self._ready_key:
             self._previews.cancel()
             self.memory.clear()
@@ -311,14 +319,19 @@ class AnnotatorWidget(Container):
             plane = ", ".join(map(str, geometry.plane_index))
             self.controls.set_status(f"Computing the image embedding{f' of plane {plane}' if plane else ''}…")
 
-    def _embedding_key(self, geometry, channels) -> EmbeddingKey:
+    def _embedding_key(self, geometry) -> EmbeddingKey:
         """The key of the plane on screen (the image is hashed once, again when its data change)."""
+        from ..stack import PlaneStack
+
         layer, frame = self._frame.layer, self._frame
         if self._signature is None:
             self._signature = image_signature(layer.data[0] if layer.multiscale else layer.data)
-        view = plane_view(geometry.displayed, geometry.ndim, frame.channel_axis, channels)
-        return EmbeddingKey.create(self._signature, self.predictor.model, self.predictor.precision,
-                                   plane=geometry.plane_index, view=view)
+        plane = PlaneStack(layer.data, geometry, None, frame.rgb, frame.channel_axis, self._signature)
+        return plane.key(0, self.predictor.model, self.predictor.precision)
+
+    def _store_in_use(self):
+        """The embedding store of the current image, or None when the store setting is empty."""
+        return self._store if self.controls.store.value is not None else None
 
     def _embedding_store(self, key):
         """The :class:`~napari_sam.store.EmbeddingStore` of the store setting for this image, or None."""
@@ -497,8 +510,16 @@ class AnnotatorWidget(Container):
 
     # ------------------------------------------------------------------ commit
 
+    def segment_through_stack(self) -> None:
+        """Propagate the current object(s) through the stack (in a worker; see :mod:`._stack`);
+        :meth:`commit` then writes every plane. Scripts: call ``stack_tools.wait()`` after it."""
+        self.stack_tools.segment_through_stack()
+
     def commit(self, mode: str | None = None) -> list[int]:
         """Write the preview objects into the labels layer with new ids; returns the ids written.
+
+        With a stack preview (:meth:`segment_through_stack`), its objects are written
+        on every plane, one id each, in one undo step.
 
         Args:
             mode: ``"fill_background"``, ``"keep"`` or ``"overwrite"`` (default: the
@@ -506,19 +527,13 @@ class AnnotatorWidget(Container):
         """
         if self._frame is None:
             raise ImageError("Select an image layer first.")
+        if self.stack_tools.has_result:
+            return self._commit_stack(mode or self.controls.mode.value)
         if self._shown_version != self._prompt_version:  # a slow preview still computing
             self.update_preview()
         if not len(self.preview_masks) or not self.preview_masks.any():
             raise PromptError("Nothing to commit: draw a box (or click) on the object first and wait for the preview.")
-        layer = self.labels_layer
-        if layer is None:
-            layer = L.make_labels_layer(self.viewer, self._frame)
-            self.reset_choices()
-            self.controls.labels.value = layer
-            self._select_prompt_layer()
-        if layer.data.shape != self._frame.shape:
-            raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
-                             f"{self._frame.shape}; choose 'new layer' under Labels.")
+        layer = self._target_layer()
         result = write_objects(layer, self._geometry, self.preview_masks, mode or self.controls.mode.value)
         written = [o for o, i in zip(self._objects, result.ids) if i]
         taken = self.prompts.take(
@@ -534,6 +549,33 @@ class AnnotatorWidget(Container):
         ids = result.written_ids.tolist()
         return ids
 
+    def _target_layer(self):
+        """The labels layer to commit to (a new one on the first commit)."""
+        layer = self.labels_layer
+        if layer is None:
+            layer = L.make_labels_layer(self.viewer, self._frame)
+            self.reset_choices()
+            self.controls.labels.value = layer
+            self._select_prompt_layer()
+        if layer.data.shape != self._frame.shape:
+            raise ImageError(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image needs "
+                             f"{self._frame.shape}; choose 'new layer' under Labels.")
+        return layer
+
+    def _commit_stack(self, mode: str) -> list[int]:
+        layer = self._target_layer()
+        result = self.stack_tools.commit(layer, mode)
+        ids = result.written_ids.tolist()
+        if ids:
+            self._commits.append((layer, None))
+            self._targets[id(self._frame.layer)] = layer
+        planes = sorted({p for written in result.planes for p in written})
+        skipped = f" {len(result.skipped)} touched existing labels and were not written." if len(result.skipped) else ""
+        self.controls.set_status(f"Committed {len(ids)} object(s) through planes {planes[0]}-{planes[-1]} to "
+                                 f"'{layer.name}' (ids {', '.join(map(str, ids))}).{skipped}" if ids else
+                                 f"Nothing was written: the objects touched existing labels.{skipped}")
+        return ids
+
     def undo_commit(self) -> None:
         """Undo the last commit: its labels layer goes back one step and its prompts come back."""
         while self._commits and self._commits[-1][0] not in self.viewer.layers:
@@ -542,6 +584,6 @@ class AnnotatorWidget(Container):
             raise PromptError("Nothing to undo: no commit of this session is left to undo.")
         layer, taken = self._commits.pop()
         layer.undo()
-        if not self.prompts.missing():
+        if taken is not None and not self.prompts.missing():
             self.prompts.put_back(taken)  # the prompts come back: fix them and commit again
         self.controls.set_status(f"Undid the last commit into '{layer.name}'; its prompts are back.")
