@@ -110,6 +110,89 @@ def _box(mask: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
+def automatic(model) -> dict:
+    from napari_sam.evaluation import f1_score
+    from napari_sam.volumes import segment_volume
+
+    image, truth = nuclei_volume()
+    t = time.perf_counter()
+    result = segment_volume(image, model, "ZYX", "everything")
+    seconds = time.perf_counter() - t
+    per_plane = np.mean([f1_score(truth[k], result.labels[k]) for k in range(len(truth))
+                         if truth[k].any()])
+    f1 = f1_score(truth, result.labels)
+    print(f"automatic 3D, nuclei3d: F1@0.5 of 3D objects {f1:.3f} ({int(result.labels.max())} objects, "
+          f"{len(np.unique(truth)) - 1} true); mean per-plane 2D F1 {per_plane:.3f}; {seconds:.1f} s", flush=True)
+    return dict(f1=f1, per_plane=per_plane, seconds=seconds)
+
+
+def tracking(model, frames: int = 10) -> dict:
+    from napari_sam.evaluation import match_instances
+    from napari_sam.volumes import segment_volume
+
+    image, masks = hela(frames=frames)
+    reference = reference_tracks(masks)
+    t = time.perf_counter()
+    result = segment_volume(image, model, "TYX", "everything")
+    seconds = time.perf_counter() - t
+    pred = result.labels
+    matched = []  # per frame: reference id -> predicted id
+    for k in range(frames):
+        m = match_instances(reference[k], pred[k])
+        matched.append(dict(zip(m.gt_ids.tolist(), m.pred_ids.tolist())))
+    links = right = found = 0
+    for k in range(frames - 1):
+        for ref_id in set(np.unique(reference[k])) & set(np.unique(reference[k + 1])) - {0}:
+            links += 1
+            a, b = matched[k].get(int(ref_id)), matched[k + 1].get(int(ref_id))
+            if a is not None and b is not None:
+                found += 1
+                right += a == b
+    print(f"tracking, hela ({frames} frames, 350 x 550): {links} reference links; both ends segmented for {found} "
+          f"({found / links:.1%}); of those, ids kept {right / max(found, 1):.1%}; of all links {right / links:.1%}; "
+          f"{len(result.parents)} division children; {seconds:.1f} s", flush=True)
+    return dict(links=links, found=found, right=right, seconds=seconds)
+
+
+def speed(model) -> dict:
+    import tracemalloc
+
+    from napari_sam.embedding import EmbeddingCache
+    from napari_sam.predictor import Predictor
+    from napari_sam.propagation import propagate_stack
+    from napari_sam.stack import PlaneStack
+
+    image, masks = hela(frames=20, crop=(slice(None), slice(None)))
+    planes = np.concatenate([image[:, y:y + 512, x:x + 512] for y, x in ((0, 0), (188, 0), (0, 588), (188, 588),
+                                                                          (94, 294))])
+    stack = PlaneStack.of(planes).with_signature()
+    cache = EmbeddingCache(max_bytes=2**31)
+    t = time.perf_counter()
+    list(stack.embed_planes(model, cache=cache))
+    embed_seconds = time.perf_counter() - t
+    truth = masks[:, :512, :512]
+    tracks = reference_tracks(truth)
+    long = [i for i in np.unique(tracks[:20]) if i and (tracks[:20] == i).any(axis=(1, 2)).all()]
+    out = {}
+    stack = PlaneStack.of(planes[:20]).with_signature()  # one crop: the nucleus stays in view for 20 frames
+    list(stack.embed_planes(model, cache=cache))
+    for zoom in (False, True):
+        predictor = Predictor(model, zoom=zoom, cache=cache)
+        where = tracks[:20] == long[0]
+        stack.predictor_on(predictor, 0, cache)
+        start = predictor.predict(box=_box(where[0]), multimask=False).masks[0]
+        propagate_stack(stack, predictor, 0, [start], directions=(1,), cache=cache)  # window embeddings, once
+        t = time.perf_counter()
+        result = propagate_stack(stack, predictor, 0, [start], directions=(1,), cache=cache,
+                                 settings=dict(min_iou=0, min_overlap=0, min_area_share=0))[0]
+        out[zoom] = time.perf_counter() - t
+        print(f"propagation of one nucleus through {len(result.planes) - 1} frames once embedded "
+              f"(zoom {'on' if zoom else 'off'}): {out[zoom]:.2f} s", flush=True)
+    print(f"embedding {len(planes)} planes of 512 x 512 (lite_medsam): {embed_seconds:.1f} s "
+          f"({embed_seconds / len(planes):.2f} s per plane)", flush=True)
+    return dict(embed=embed_seconds, propagate=out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="propagation,automatic,tracking,speed")
@@ -131,6 +214,12 @@ def main() -> None:
         keep = [i for i in np.unique(tracks) if i and np.count_nonzero((tracks == i).any(axis=(1, 2))) >= 3][:25]
         tracks = np.where(np.isin(tracks, keep), tracks, 0)
         propagation("hela time-lapse (12 frames, 350 x 550, 25 tracks)", image, tracks, Predictor(model))
+    if "automatic" in only:
+        automatic(model)
+    if "tracking" in only:
+        tracking(model)
+    if "speed" in only:
+        speed(model)
 
 
 if __name__ == "__main__":

