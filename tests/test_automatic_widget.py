@@ -291,3 +291,24 @@ def test_closing_the_viewer_mid_run_stops_the_job(make_napari_viewer, points_mod
     qtbot.waitUntil(lambda: widget._progress_state[0] > 0, timeout=120_000)
     viewer.close()
     assert QThreadPool.globalInstance().activeThreadCount() == 0  # cancelled and waited for, within close()
+
+
+def test_segment_everything_in_a_time_lapse_links_tracks(open_widget, lite_medsam, coins, qtbot):
+    """Four frames of coins drifting 3 px per frame: every coin keeps its id, and a Tracks layer follows them."""
+    image, masks = coins
+    frames = np.stack([image[40 + 3 * t:40 + 3 * t + 120, 100 + 2 * t:100 + 2 * t + 160] for t in range(4)])
+    viewer, widget = open_widget(lite_medsam)
+    viewer.add_image(frames, name="movie")
+    widget.mode.value = "everything"
+    assert shown(widget.link)
+    widget.link.value = "tracks"
+    run(widget, qtbot, timeout=300_000)
+    labels = viewer.layers["movie auto (lite_medsam)"].data
+    tracks = viewer.layers["movie auto (lite_medsam) tracks"]
+    ids = [i for i in np.unique(labels[0]) if i]
+    assert len(ids) >= 3
+    # a coin fully inside every frame is one id in every frame, at the position that drifted with it
+    kept = [i for i in ids if all((labels[t] == i).sum() > 0.5 * (labels[0] == i).sum() for t in range(4))]
+    assert len(kept) >= 0.6 * len(ids), (ids, kept)
+    assert set(np.unique(tracks.data[:, 0]).astype(int)) == set(np.unique(labels)) - {0}
+    assert "Tracks layer" in widget.status.value

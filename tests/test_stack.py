@@ -267,3 +267,15 @@ def test_divisions_end_the_parent_and_record_two_children():
     data = tracks_data(linked.labels)
     assert data.shape == (6, 4) and set(data[:, 0].astype(int)) == {parent, left, right}
     assert not link_planes(frames, min_extent=1).parents
+
+
+def test_the_widgets_link_choice_links_along_the_first_axis():
+    from napari_sam.automatic.planes import link_planes_of
+
+    planes = planes_of([(1, (10, 10), 5)], [(7, (10, 11), 5)], [(3, (10, 12), 5)])
+    assert link_planes_of(planes, "none").labels is planes
+    linked = link_planes_of(planes, "objects").labels
+    assert len({linked[0, 10, 10], linked[1, 10, 11], linked[2, 10, 12]}) == 1
+    assert link_planes_of(planes, "tracks", planes=[(1,)]).labels is planes  # one plane: nothing to link
+    with pytest.raises(PromptError.__mro__[1], match="Unknown link"):
+        link_planes_of(planes, "sideways")

@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..automatic.parameters import AMG_PARAMETERS
 from ..automatic.planes import (
+    LINKS,
     MODES,
     STRATEGY_HELP,
     StackRequest,
@@ -62,6 +63,7 @@ class Outcome:
     result: np.ndarray | None = None
     error: str | None = None
     cancelled: bool = False
+    parents: dict | None = None
 
 
 def describe_error(error: BaseException) -> str:
@@ -87,6 +89,11 @@ def _run(request: StackRequest, model, name: str, device: str | None, progress, 
         if cancel():
             raise Cancelled()
         outcome.result = segment_stack(request, outcome.model, progress=progress, cancel=cancel)
+        if request.mode == "everything" and request.link != "none":
+            from ..automatic.planes import link_planes_of
+
+            linked = link_planes_of(outcome.result, request.link, request.planes)
+            outcome.result, outcome.parents = linked.labels, linked.parents
     except Cancelled:
         outcome.cancelled = True
     except Exception as error:  # noqa: BLE001 - reported to the person
@@ -145,6 +152,9 @@ class AutomaticSegmentationWidget(Container):
                                      tooltip=f"{p.tooltip} (default {p.default:.4g})")
         self.params["crop_overlap_ratio"].native.setDecimals(4)
         self.params["crop_overlap_ratio"].value = AMG_PARAMETERS["crop_overlap_ratio"].default
+        self.link = ComboBox(label="Link planes", choices=[(text, key) for key, text in LINKS.items()],
+                             value="none", tooltip="For a stack: link the objects of consecutive planes (along the "
+                             "first axis) into 3D objects, or into tracks with divisions (and a Tracks layer).")
         self.current_plane = CheckBox(text="current plane only", value=False,
                                       tooltip="Segment only the plane on screen; the result still has the stack's "
                                       "shape (other planes stay 0).")
@@ -157,7 +167,7 @@ class AutomaticSegmentationWidget(Container):
         for widget in (self.use_mask_prompt, self.current_plane, self.run_button, self.cancel_button):
             widget.label = ""
         self.extend([self.image, self.mode, self.source, self.use_mask_prompt, self.model, self.device,
-                     self.precision, self.strategy, self.store, *self.params.values(), self.current_plane,
+                     self.precision, self.strategy, self.store, *self.params.values(), self.link, self.current_plane,
                      self.run_button, self.cancel_button, self.progress, self.status])
 
         self.mode.changed.connect(self._update_visibility)
@@ -214,7 +224,9 @@ class AutomaticSegmentationWidget(Container):
             widget.enabled = AMG_PARAMETERS[name].used_by("points" if grid else "boxes")
         self._show_thresholds_used(grid)
         layer = self.image.value
-        self.current_plane.visible = layer is not None and len(self._spatial_shape(layer)) > 2
+        stack = layer is not None and len(self._spatial_shape(layer)) > 2
+        self.current_plane.visible = stack
+        self.link.visible = stack and mode == "everything"
 
     def _show_thresholds_used(self, grid: bool) -> None:
         """Show the IoU and stability thresholds the strategy really uses: the box strategy replaces
@@ -299,6 +311,7 @@ class AutomaticSegmentationWidget(Container):
             params=self.parameter_values(), strategy=self.strategy.value, use_mask_prompt=self.use_mask_prompt.value,
             precision=None if self.precision.value == "default" else self.precision.value,
             store=None if self.store.value is None else str(self.store.value), image_name=layer.name,
+            link=self.link.value if mode == "everything" and len(shape) > 2 else "none",
         )
         source = self.source.value if mode in _SOURCE_KIND else None
         if mode in _SOURCE_KIND and source is None:
@@ -392,6 +405,13 @@ class AutomaticSegmentationWidget(Container):
             self.last_layer = self.viewer.add_labels(outcome.result, **kwargs)
             count = np.unique(outcome.result).size - int((outcome.result == 0).any())
             text = f"Added '{self.last_layer.name}' with {count} object(s)."
+            if request.link == "tracks" and count:
+                from ..linking import tracks_data
+
+                self.tracks_layer = self.viewer.add_tracks(
+                    tracks_data(outcome.result), graph={c: [p] for c, p in (outcome.parents or {}).items()},
+                    name=f"{name} tracks", scale=image_layer.scale, translate=image_layer.translate)
+                text += f" Tracks layer with {len(outcome.parents or {})} division children."
         self.progress.value = 1000
         self.status.value = text
 

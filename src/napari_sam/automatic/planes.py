@@ -35,6 +35,12 @@ MODES: dict[str, str] = {
     "labels": "refine a rough Labels layer",
     "edges": "edge map",
 }
+#: How segment-everything results of a stack are linked across its first axis: key -> what people read.
+LINKS: dict[str, str] = {
+    "none": "planes separately",
+    "objects": "3D objects (a volume)",
+    "tracks": "tracks (a time-lapse)",
+}
 #: Word in the name of each mode's result layer.
 _RESULT_WORDS = {"everything": "auto", "boxes": "boxes", "labels": "refined", "edges": "edges"}
 
@@ -183,6 +189,8 @@ class StackRequest:
         store: a folder for embedding stores (see :func:`napari_sam.store.store_in_folder`):
             the planes' embeddings are read from it and written to it; None: none kept.
         image_name: the image's name, for the store's folder name.
+        link: a key of :data:`LINKS`: in mode ``"everything"``, link the planes along
+            the first axis into 3D objects or tracks (see :func:`link_planes_of`).
     """
 
     image: np.ndarray
@@ -197,6 +205,7 @@ class StackRequest:
     precision: str | None = None
     store: str | None = None
     image_name: str = "image"
+    link: str = "none"
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -246,6 +255,26 @@ def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray
             return np.zeros(shape, rough.dtype)
         return segment_from_labels(image, rough, model, use_mask_prompt=request.use_mask_prompt, **common)
     raise SamkitError(f"Unknown mode {request.mode!r}; choose one of {', '.join(MODES)}.")
+
+
+def link_planes_of(labels: np.ndarray, link: str, planes: Sequence[tuple[int, ...]] | None = None):
+    """Per-plane labels of a stack linked along its first axis (``link`` a key of :data:`LINKS`).
+
+    Only the segmented ``planes`` take part (a run on the current plane has nothing
+    to link). Returns :class:`~napari_sam.linking.Linked`.
+    """
+    from ..linking import Linked, link_planes
+
+    if link not in LINKS:
+        raise SamkitError(f"Unknown link {link!r}; choose one of {', '.join(LINKS)}.")
+    if link == "none" or labels.ndim < 3 or (planes is not None and len(planes) < 2):
+        return Linked(labels)
+    if labels.ndim > 3:
+        raise ImageError(f"Linking in the widget takes a 3D stack; this one is {labels.shape}. Use "
+                         "samkit segment --axes TZYX (or napari_sam.linking.link_stack) for a series of volumes.")
+    if link == "objects":
+        return link_planes(labels, divisions=False)
+    return link_planes(labels, divisions=True, min_extent=1)
 
 
 def _planes_text(planes: list[tuple[int, ...]]) -> str:
