@@ -332,8 +332,23 @@ class MaskChoice:
 # --------------------------------------------------------------------------- commit
 
 
+class _ObjectIds:
+    """``ids``: one per object, 0 for an object that was not written."""
+
+    ids: np.ndarray
+
+    @property
+    def written_ids(self) -> np.ndarray:
+        return self.ids[self.ids > 0]
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """Indices of the objects that were not written."""
+        return np.flatnonzero(self.ids == 0)
+
+
 @dataclass(frozen=True)
-class CommitResult:
+class CommitResult(_ObjectIds):
     """What :func:`commit_masks` wrote.
 
     Attributes:
@@ -345,15 +360,6 @@ class CommitResult:
     plane: np.ndarray
     ids: np.ndarray
     changed: np.ndarray
-
-    @property
-    def written_ids(self) -> np.ndarray:
-        return self.ids[self.ids > 0]
-
-    @property
-    def skipped(self) -> np.ndarray:
-        """Indices of the objects that were not written."""
-        return np.flatnonzero(self.ids == 0)
 
 
 def next_free_id(labels: np.ndarray) -> int:
@@ -460,7 +466,7 @@ def commit_masks(
 
 
 @dataclass(frozen=True)
-class StackCommit:
+class StackCommit(_ObjectIds):
     """What :func:`commit_stack` wrote.
 
     Attributes:
@@ -474,14 +480,6 @@ class StackCommit:
     indices: tuple[np.ndarray, ...]
     values: np.ndarray
     planes: list[list[int]]
-
-    @property
-    def written_ids(self) -> np.ndarray:
-        return self.ids[self.ids > 0]
-
-    @property
-    def skipped(self) -> np.ndarray:
-        return np.flatnonzero(self.ids == 0)
 
 
 def commit_stack(labels: np.ndarray, geometry_at, objects: Sequence[dict], mode: str = DEFAULT_COMMIT_MODE,

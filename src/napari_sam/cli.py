@@ -475,6 +475,8 @@ def _segment_stack(args, image, prep: dict, started: float) -> int:
                             linking=linking, propagation=propagation, store=args.store, progress=bar)
     labels = np.asarray(result.labels)
     write_labels(args.output, labels)
+    for note in result.notes:
+        _say(args.quiet, note)
     count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
     _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s")
     if "T" in axes[:-2] and mode == "everything":

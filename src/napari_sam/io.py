@@ -196,8 +196,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _numeric_table(path: Path, min_columns: int, max_columns: int, what: str) -> np.ndarray:
-    rows = _rows(path)
+def _numeric_table(path: Path, min_columns: int, max_columns: int, what: str,
+                   rows: list[list[str]] | None = None) -> np.ndarray:
+    rows = _rows(path) if rows is None else rows
     if not any(_is_number(cell) for cell in rows[0]):
         rows = rows[1:]  # a header row
     if not rows:
@@ -220,9 +221,12 @@ def _numeric_table(path: Path, min_columns: int, max_columns: int, what: str) ->
     return np.asarray(table, dtype=np.float64)
 
 
+_BOXES = "boxes (x0,y0,x1,y1)"
+
+
 def read_boxes_csv(path: str | os.PathLike) -> np.ndarray:
     """Boxes ``N x 4`` (x0, y0, x1, y1) from a CSV file; a header row is optional."""
-    return _numeric_table(Path(path), 4, 4, "boxes (x0,y0,x1,y1)")
+    return _numeric_table(Path(path), 4, 4, _BOXES)
 
 
 def read_plane_boxes_csv(path: str | os.PathLike, plane_axis: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -237,11 +241,11 @@ def read_plane_boxes_csv(path: str | os.PathLike, plane_axis: str | None = None)
     header = [cell.strip().lower() for cell in rows[0]] if not any(_is_number(c) for c in rows[0]) else None
     five = len(rows[-1]) == 5 or (header is not None and header[0] in ("z", "t", "plane"))
     if not five:
-        return None, read_boxes_csv(path)
+        return None, _numeric_table(path, 4, 4, _BOXES, rows)
     if header is not None and plane_axis is not None and header[0] in ("z", "t") and header[0] != plane_axis.lower():
         raise InputFileError(f"{path}: the plane column is {header[0]!r} but the stack is segmented through "
                              f"{plane_axis.upper()}; rename the column or give --through {header[0].upper()}.")
-    table = _numeric_table(path, 5, 5, "boxes with a plane column (p,x0,y0,x1,y1)")
+    table = _numeric_table(path, 5, 5, "boxes with a plane column (p,x0,y0,x1,y1)", rows)
     planes = table[:, 0]
     if (planes != np.round(planes)).any() or (planes < 0).any():
         raise InputFileError(f"{path}: the plane column must hold whole plane numbers from 0.")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .automatic.parameters import Parameter
-from .errors import ImageError, PromptError
+from .automatic.parameters import Parameter, check_table, table_defaults
+from .errors import ImageError
 
 #: Linking settings: the automatic widget's fields, the CLI's flags and the checks come from here.
 LINKING_PARAMETERS: dict[str, Parameter] = {
@@ -51,11 +51,7 @@ CHILD_SHARE = 0.5
 
 def check_linking(**values) -> dict:
     """``values`` checked against :data:`LINKING_PARAMETERS`, over the defaults."""
-    unknown = sorted(set(values) - set(LINKING_PARAMETERS))
-    if unknown:
-        raise PromptError(f"Unknown linking setting(s) {', '.join(unknown)}; use {', '.join(LINKING_PARAMETERS)}.")
-    defaults = {name: p.default for name, p in LINKING_PARAMETERS.items()}
-    return {**defaults, **{k: LINKING_PARAMETERS[k].check(v) for k, v in values.items()}}
+    return {**table_defaults(LINKING_PARAMETERS), **check_table(LINKING_PARAMETERS, values, "linking setting")}
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .automatic.parameters import Parameter
+from .automatic.parameters import Parameter, check_table, table_defaults
 from .errors import Cancelled, PromptError
 
 #: Propagation settings: the annotator's fields, the CLI's flags and the checks come from here.
@@ -56,17 +56,10 @@ PROPAGATION_PARAMETERS: dict[str, Parameter] = {
 }
 
 
-def propagation_defaults() -> dict[str, float]:
-    return {name: p.default for name, p in PROPAGATION_PARAMETERS.items()}
-
-
 def check_propagation(**values) -> dict[str, float]:
     """``values`` checked against :data:`PROPAGATION_PARAMETERS`, over the defaults."""
-    unknown = sorted(set(values) - set(PROPAGATION_PARAMETERS))
-    if unknown:
-        raise PromptError(f"Unknown propagation setting(s) {', '.join(unknown)}; "
-                          f"use {', '.join(PROPAGATION_PARAMETERS)}.")
-    return {**propagation_defaults(), **{k: PROPAGATION_PARAMETERS[k].check(v) for k, v in values.items()}}
+    return {**table_defaults(PROPAGATION_PARAMETERS), **check_table(PROPAGATION_PARAMETERS, values,
+                                                                   "propagation setting")}
 
 
 # --------------------------------------------------------------------------- masks
@@ -165,7 +158,6 @@ class PropagatedObject:
     masks: dict[int, RegionMask] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     stops: dict[int, str] = field(default_factory=dict)
-    logits: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def planes(self) -> list[int]:
@@ -271,8 +263,6 @@ def propagate(
                     continue
                 obj.masks[plane], obj.scores[plane] = region, iou
                 largest[i] = max(largest[i], region.area)
-                if low_res is not None:
-                    obj.logits[plane] = low_res
                 previous[i] = (region, low_res if uses_masks else None)
             done += 1
             if progress is not None:

@@ -62,11 +62,11 @@ def segment_volume(
         store: a folder of embedding stores (as the widgets' setting).
     """
     from .automatic.planes import StackRequest, segment_stack
-    from .stack import PlaneStack
+    from .stack import PlaneStack, parse_axes
 
     stack = PlaneStack.of(image, axes, through=through, rgb=rgb)
-    letters = stack_axes = axes.upper()
     shape = stack.geometry.spatial_shape
+    letters = parse_axes(axes, len(shape))
     planes = [tuple(p) for p in np.ndindex(*shape[:-2])]
     notes = []
     if mode == "boxes" and boxes is not None and boxes[0] is not None:
@@ -81,7 +81,7 @@ def segment_volume(
         request.rough_labels = rough_labels
     labels = segment_stack(request, model, progress=progress, cancel=cancel)
     parents: dict[int, int] = {}
-    if mode == "everything" and any(a in stack_axes[:-2] for a in "ZT"):
+    if mode == "everything" and any(a in letters[:-2] for a in "ZT"):
         from .linking import link_stack
 
         linked = link_stack(labels, letters, **dict(linking or {}))
@@ -117,8 +117,7 @@ def _propagate_boxes(stack, model, boxes, precision, propagation, store, progres
 
         store_object, _ = open_in_folder(store, stack.data, model, resolve_precision(precision, model.spec), "stack")
     objects, ids = [], []
-    order = np.argsort(planes, kind="stable")
-    groups = [(int(p), [int(i) for i in order if planes[i] == p]) for p in sorted(set(int(p) for p in planes))]
+    groups = [(int(p), np.flatnonzero(planes == p).tolist()) for p in np.unique(planes)]
     for g, (plane, members) in enumerate(groups):
         stack.predictor_on(predictor, plane, cache, store_object)
         start = predictor.predict(box=rows[members], multimask=False)

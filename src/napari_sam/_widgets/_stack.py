@@ -57,6 +57,8 @@ class StackTools:
         self.objects: list = []  # PropagatedObject per object in the stack preview
         self.ids: list[int | None] = []  # the committed label each object came from, or None
         self.axis: int | None = None  # spatial axis of the preview
+        self._stack: PlaneStack | None = None  # the stack the preview objects were propagated in
+        self._correcting: int | None = None  # the preview object a running propagation corrects
         self.preview_layer = None
         self.worker = None
         self._cancel = threading.Event()

@@ -19,8 +19,8 @@ from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..annotation import MaskChoice, commit_masks, image_plane
-from ..embedding import EmbeddingCache, EmbeddingKey, image_signature
+from ..annotation import MaskChoice, commit_masks
+from ..embedding import EmbeddingCache, image_signature
 from ..errors import ImageError, PromptError, SamkitError
 from ..interactive import RefinementMemory
 from ..registry import DEFAULT_MODEL
@@ -294,9 +294,9 @@ class AnnotatorWidget(Container):
         if geometry == self._geometry and self._wanted_key is not None:
             return  # same plane, same data: nothing to hash or compute
         frame = self._frame
-        plane = image_plane(frame.layer.data, geometry, rgb=frame.rgb, channel_axis=frame.channel_axis)
-        channels = [0, 1, 2] if frame.channel_axis is not None and plane.shape[-1] > 3 else None  # as PlaneStack
-        key = self._embedding_key(geometry)
+        source = self._plane_source_of(geometry)
+        plane, channels = source.plane(0), source.channels
+        key = source.key(0, self.predictor.model, self.predictor.precision)
         if key == self._wanted_key and geometry == self._geometry:
             return
         plane_moved = self._geometry is None or geometry.plane_index != self._geometry.plane_index
@@ -319,15 +319,15 @@ class AnnotatorWidget(Container):
             plane = ", ".join(map(str, geometry.plane_index))
             self.controls.set_status(f"Computing the image embedding{f' of plane {plane}' if plane else ''}…")
 
-    def _embedding_key(self, geometry) -> EmbeddingKey:
-        """The key of the plane on screen (the image is hashed once, again when its data change)."""
+    def _plane_source_of(self, geometry):
+        """The plane on screen as a one-plane :class:`~napari_sam.stack.PlaneStack`: its pixels, channels
+        and embedding key (the image is hashed once, again when its data change)."""
         from ..stack import PlaneStack
 
         layer, frame = self._frame.layer, self._frame
         if self._signature is None:
             self._signature = image_signature(layer.data[0] if layer.multiscale else layer.data)
-        plane = PlaneStack(layer.data, geometry, None, frame.rgb, frame.channel_axis, self._signature)
-        return plane.key(0, self.predictor.model, self.predictor.precision)
+        return PlaneStack(layer.data, geometry, None, frame.rgb, frame.channel_axis, self._signature)
 
     def _store_in_use(self):
         """The embedding store of the current image, or None when the store setting is empty."""

@@ -135,18 +135,29 @@ AMG_PARAMETERS: dict[str, Parameter] = {
 
 def amg_defaults() -> dict[str, float | str]:
     """Meta's default value of every parameter."""
-    return {name: p.default for name, p in AMG_PARAMETERS.items()}
+    return table_defaults(AMG_PARAMETERS)
 
 
-def check_amg_parameters(**values) -> dict[str, int | float | str]:
-    """Every given parameter checked against its range (None means the default).
+def check_table(table: dict[str, Parameter], values: dict, what: str) -> dict[str, int | float | str]:
+    """Every given value checked against its parameter of ``table`` (None means the default).
+
+    Args:
+        what: what the parameters are, for the message (e.g. ``"propagation setting"``).
 
     Raises:
         PromptError: an unknown name, or a value of the wrong kind or outside its range.
     """
-    unknown = sorted(set(values) - set(AMG_PARAMETERS))
+    unknown = sorted(set(values) - set(table))
     if unknown:
-        raise PromptError(f"Unknown automatic segmentation parameter(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(AMG_PARAMETERS)}.")
-    return {name: AMG_PARAMETERS[name].default if value is None else AMG_PARAMETERS[name].check(value)
-            for name, value in values.items()}
+        raise PromptError(f"Unknown {what}(s) {', '.join(unknown)}; known: {', '.join(table)}.")
+    return {name: table[name].default if value is None else table[name].check(value) for name, value in values.items()}
+
+
+def table_defaults(table: dict[str, Parameter]) -> dict[str, int | float | str]:
+    """The default value of every parameter of ``table``."""
+    return {name: p.default for name, p in table.items()}
+
+
+def check_amg_parameters(**values) -> dict[str, int | float | str]:
+    """Every given parameter checked against its range (None means the default); see :func:`check_table`."""
+    return check_table(AMG_PARAMETERS, values, "automatic segmentation parameter")
