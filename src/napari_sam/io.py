@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputFileError
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+from .files import IMAGE_SUFFIXES
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

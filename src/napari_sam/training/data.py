@@ -9,7 +9,6 @@ so validation figures are measured on images the model has not seen.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrainingError
+from ..files import LABEL_SUFFIXES, beside, expand_inputs
 
-#: Name endings that mark a label image beside its image (``cells_01_labels.tif``).
-LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "_gt")
 
 
 @dataclass(frozen=True)
@@ -91,37 +89,6 @@ def planes_of(image: np.ndarray, labels: np.ndarray, name: str) -> list[Training
     return out
 
 
-def _label_path_for(image_path: Path, label_dir: Path) -> Path | None:
-    for candidate in sorted(label_dir.iterdir()):
-        if not candidate.is_file() or candidate == image_path:
-            continue
-        stem = candidate.stem
-        if stem == image_path.stem or any(stem == image_path.stem + s for s in LABEL_SUFFIXES):
-            return candidate
-    return None
-
-
-def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named by ``paths``: files, globs or folders (all image files inside, sorted)."""
-    from ..io import IMAGE_SUFFIXES
-
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    out: list[Path] = []
-    for item in items:
-        text = os.fspath(item)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            out.extend(
-                p for p in sorted(path.iterdir())
-                if p.suffix.lower() in IMAGE_SUFFIXES and not any(p.stem.endswith(s) for s in LABEL_SUFFIXES)
-            )
-        elif any(ch in text for ch in "*?["):
-            out.extend(Path(p) for p in sorted(glob.glob(os.path.expanduser(text))))
-        else:
-            out.append(path)
-    return out
-
-
 def load_training_images(
     images: str | os.PathLike | Sequence,
     labels: str | os.PathLike | Sequence | None = None,
@@ -154,14 +121,14 @@ def load_training_images(
             raise TrainingError(f"Got {len(image_list)} images but {len(label_list)} label images; give one per image.")
         pairs = [(f"image {i}", im, lab) for i, (im, lab) in enumerate(zip(image_list, label_list))]
     else:
-        image_paths = _expand(images)
+        image_paths = expand_inputs(images)
         if not image_paths:
             raise TrainingError(f"No image files found in {images!r}.")
         if labels is None or (isinstance(labels, (str, os.PathLike)) and Path(labels).expanduser().is_dir()):
             label_dir = Path(labels).expanduser() if labels is not None else None
             label_paths = []
             for path in image_paths:
-                found = _label_path_for(path, label_dir or path.parent)
+                found = beside(path, label_dir or path.parent)
                 if found is None:
                     raise TrainingError(
                         f"No label image found for {path} in {label_dir or path.parent} (looked for "
@@ -169,7 +136,7 @@ def load_training_images(
                     )
                 label_paths.append(found)
         else:
-            label_paths = _expand(labels)
+            label_paths = expand_inputs(labels)
         if len(label_paths) != len(image_paths):
             raise TrainingError(f"Got {len(image_paths)} images but {len(label_paths)} label images; give one per image.")
         pairs = [(str(p), read_image(p), read_image(q)) for p, q in zip(image_paths, label_paths)]
