@@ -11,7 +11,8 @@ Heavy modules (torch, scikit-image) are imported only by the command that needs
 them, so ``samkit --help`` answers at once. Errors print one message a person can
 act on (no traceback) and set the exit status: 2 bad input (or a file that cannot
 be read or written), 3 model/checkpoint, 4 download, 5 out of memory, 130
-interrupted; 1 is an unexpected error, a bug (``samkit --debug ...`` shows its traceback).
+interrupted, 6 a batch in which some images failed (the others are written); 1 is an
+unexpected error, a bug (``samkit --debug ...`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -75,20 +76,41 @@ def _parser() -> argparse.ArgumentParser:
 
     segment = sub.add_parser(
         "segment",
-        help="segment an image into a label image",
+        help="segment images into label images (one image, or a whole folder on this machine or a Dask cluster)",
         description="Segment IMAGE into a label image. Without prompts every object is segmented "
         "automatically; with --boxes row i becomes label i+1; with --labels each rough object is refined "
-        "and keeps its id.",
+        "and keeps its id. With several images, globs, folders or a .txt list of paths, -o names a folder: "
+        "cells_017.tif -> DIR/cells_017_labels.tif (sub-folders mirrored), a summary table "
+        "DIR/samkit_summary.csv, images whose label image exists skipped (rerun after Ctrl-C or a crash to "
+        "finish), a bad image reported and the batch goes on (exit status 6 if any failed).",
     )
-    segment.add_argument("image", help="input image (TIFF, PNG or JPEG)")
-    segment.add_argument("-o", "--output", required=True, help="output label image (.tif)")
+    segment.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="input image(s) (TIFF, PNG or JPEG), globs, folders or a .txt file listing them")
+    segment.add_argument("-o", "--output", required=True,
+                         help="output label image (.tif) for one image; an output folder for several")
+    segment.add_argument("--recursive", action="store_true", help="folders: include the images of sub-folders")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="batch: segment images whose label image already exists too (default: skip them)")
+    segment.add_argument("--summary", help="batch: the summary table (default: OUTPUT/samkit_summary.csv)")
+    segment.add_argument("--workers", type=int,
+                         help="batch: run on a local Dask cluster of N worker processes (started and closed here)")
+    segment.add_argument("--dask", metavar="ADDRESS",
+                         help="batch: run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
+                              "its workers must see the input and output folders")
+    segment.add_argument("--threads", type=int,
+                         help="torch CPU threads per image (default: all cores; with --workers, cores / workers)")
     segment.add_argument("--model", default="lite_medsam", help="registry name or checkpoint path (default: lite_medsam)")
     segment.add_argument("--model-type", help="architecture of a checkpoint file (detected if not given)")
     segment.add_argument("--mode", choices=("auto", "prompts"), help="default: prompts if any are given, else auto")
-    segment.add_argument("--boxes", help="CSV of x0,y0,x1,y1 rows (pixels); row i becomes label i+1")
-    segment.add_argument("--points", help="CSV of x,y[,label[,object]] rows; label 1 fg / 0 bg")
-    segment.add_argument("--labels", help="rough label image to refine (same height and width)")
-    segment.add_argument("--overlay", help="also write a PNG picture of the labels over the image")
+    segment.add_argument("--boxes", help="CSV of x0,y0,x1,y1 rows (pixels); row i becomes label i+1. Batch: one "
+                                         "file for every image, or a folder with NAME.csv or NAME_boxes.csv")
+    segment.add_argument("--points", help="CSV of x,y[,label[,object]] rows; label 1 fg / 0 bg (batch: a file or "
+                                          "a folder with NAME.csv or NAME_points.csv)")
+    segment.add_argument("--labels", help="rough label image to refine (same height and width); batch: a folder "
+                                          "with NAME_labels.tif or NAME.tif")
+    segment.add_argument("--overlay", nargs="?", const="", metavar="PICTURE",
+                         help="also write a PNG picture of the labels over the image (default name: "
+                              "OUTPUT_overlay.png; batch: NAME_overlay.png beside each label image)")
     segment.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
     segment.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
     segment.add_argument("--strategy", choices=("auto", "points", "boxes"), default="auto",
@@ -304,190 +326,131 @@ def _cmd_embed(args) -> int:
     return 0
 
 
-def _open_store(args, image, model, precision: str, prep: dict):
-    """``(store, key)`` of ``--store`` for a 2D image, or ``(None, None)``."""
-    if not args.store:
-        return None, None
-    from .embedding import EmbeddingKey, image_signature, plane_view
-    from .store import EmbeddingStore
+def _segment_settings(args):
+    """The :class:`~napari_sam.image_task.SegmentSettings` of ``samkit segment``'s options."""
+    from .automatic.parameters import AMG_PARAMETERS
+    from .image_task import SegmentSettings
+    from .linking import LINKING_PARAMETERS
+    from .propagation import PROPAGATION_PARAMETERS
 
-    key = EmbeddingKey.create(image_signature(image), model, precision,
-                              view=plane_view(channel_axis=prep["channel_axis"], channels=prep.get("channels")))
-    return EmbeddingStore.open(args.store, key), key
-
-
-def _read_prompts(args) -> tuple:
-    """``(boxes, points)`` of the --boxes and --points CSV files (None where not given), read before any work."""
-    from .io import read_boxes_csv, read_points_csv
-
-    boxes = read_boxes_csv(args.boxes) if args.boxes else None
-    points = read_points_csv(args.points) if args.points else None
-    return boxes, points
+    prep = _channels(args)
+    return SegmentSettings(
+        model=args.model, model_type=args.model_type, device=args.device, mode=args.mode, strategy=args.strategy,
+        precision=args.precision, mask_threshold=args.mask_threshold, channel_axis=prep["channel_axis"],
+        channels=prep.get("channels"), axes=args.axes, through=args.through,
+        amg={name: getattr(args, name) for name in AMG_PARAMETERS},
+        linking={name: getattr(args, "link_" + name) for name in LINKING_PARAMETERS},
+        propagation={name: getattr(args, "propagate_" + name) for name in PROPAGATION_PARAMETERS})
 
 
-def _segment_prompts(args, rgb, model, prompts, store=None, key=None):
-    """Boxes and/or points (``prompts`` from :func:`_read_prompts`) -> label image, one object per box / point group."""
-    import numpy as np
+def _is_batch(args) -> bool:
+    """Several inputs, a folder, glob or list file, or an output folder: a batch."""
+    from pathlib import Path
 
-    from .errors import PromptError
-    from .predictor import Predictor
+    from .files import LIST_SUFFIXES
 
-    boxes, points = prompts
-    if boxes is not None and points is None:
-        from .automatic import segment_boxes
-
-        return segment_boxes(rgb, boxes, model, precision=args.precision, progress=_progress(args.quiet, "boxes"),
-                             store=store, key=key, **_threshold(args))
-    from .embed import embed_one
-
-    predictor = Predictor(model, precision=args.precision)
-    predictor.store = store  # zoomed windows (small objects) are stored with the image's embedding
-    embedding = embed_one(model, rgb, key=key, store=store, cache=predictor.cache, precision=args.precision,
-                          rgb_ready=True)
-    predictor.set_embedding(embedding, image=rgb, rgb_ready=True)
-    labels = np.zeros(rgb.shape[:2], np.uint32)
-    coords, point_labels, objects = points
-    object_ids = np.unique(objects)
-    if boxes is not None and (object_ids.min() < 1 or object_ids.max() > len(boxes)):
-        raise PromptError(
-            f"With --boxes, the points' object column names the box (1 to {len(boxes)}); got {object_ids.tolist()}."
-        )
-    for object_id in object_ids:
-        chosen = objects == object_id
-        box = boxes[object_id - 1] if boxes is not None else None
-        prediction = predictor.predict(points=coords[chosen], labels=point_labels[chosen], box=box)
-        best = int(np.argmax(prediction.iou_scores))
-        mask = prediction.masks[best] & (labels == 0)
-        labels[mask] = object_id
-    return labels
-
-
-def _threshold(args) -> dict:
-    """``mask_threshold`` for box refinement, when given on the command line."""
-    return {} if args.mask_threshold is None else {"mask_threshold": args.mask_threshold}
+    if len(args.images) > 1 or args.dask or args.workers:
+        return True
+    only, output = Path(args.images[0]), Path(args.output)
+    return (only.is_dir() or any(ch in args.images[0] for ch in "*?[") or only.suffix.lower() in LIST_SUFFIXES
+            or (output.suffix.lower() not in (".tif", ".tiff") and (output.is_dir() or not output.suffix)))
 
 
 def _cmd_segment(args) -> int:
-    import numpy as np
+    from pathlib import Path
 
-    from .errors import ImageError, PromptError
-    from .io import LABEL_SUFFIXES, PICTURE_SUFFIXES, check_output_path, overlay_image, read_image, write_labels
-    from .io import write_png
+    from .image_task import ImageTask, read_inputs, segment_file
+    from .io import LABEL_SUFFIXES, PICTURE_SUFFIXES, check_output_path
     from .loading import load_model
-    from .preprocess import as_rgb
 
     started = time.perf_counter()
-    inputs = (args.image, args.boxes, args.points, args.labels)
+    settings = _segment_settings(args)
+    if _is_batch(args):
+        return _segment_batch(args, settings)
+    image_path = args.images[0]
+    inputs = (image_path, args.boxes, args.points, args.labels)
     check_output_path(args.output, "the label image (-o)", LABEL_SUFFIXES, inputs)
-    if args.overlay:
-        check_output_path(args.overlay, "the overlay picture (--overlay)", PICTURE_SUFFIXES, inputs + (args.output,))
-    image = read_image(args.image)
-    prep = _channels(args)
-    if args.axes:
-        return _segment_stack(args, image, prep, started)
-    if image.ndim >= 3 and prep.get("channel_axis") is None and not (image.ndim == 3 and image.shape[-1] in (3, 4)):
-        raise ImageError(f"{args.image} has shape {image.shape}: this looks like a 3D stack, not a 2D image. Give "
-                         f"--axes (e.g. {'ZYX' if image.ndim == 3 else 'TZYX'}) to segment it as a stack, or "
-                         "--channel-axis if one axis holds channels.")
-    rgb = as_rgb(image, **prep)  # validated and converted once, before the model loads
-    has_prompts = bool(args.boxes or args.points or args.labels)
-    mode = args.mode or ("prompts" if has_prompts else "auto")
-    if mode == "prompts" and not has_prompts:
-        raise PromptError("--mode prompts needs --boxes, --points or --labels.")
-    if mode == "auto" and (args.boxes or args.points):
-        raise PromptError("--mode auto ignores prompts: drop --boxes/--points, or use --mode prompts.")
-    prompts = _read_prompts(args)
-    rough = read_image(args.labels) if args.labels else None
-    _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}")
+    overlay = args.overlay
+    if overlay == "":
+        overlay = str(Path(args.output).with_name(Path(args.output).stem + "_overlay.png"))
+    if overlay:
+        check_output_path(overlay, "the overlay picture (--overlay)", PICTURE_SUFFIXES, inputs + (args.output,))
+    task = ImageTask(Path(image_path), Path(args.output), boxes=_path(args.boxes), points=_path(args.points),
+                     labels=_path(args.labels), overlay=_path(overlay), store=_path(args.store),
+                     store_is_folder=bool(args.axes))
+    read = read_inputs(task, settings)  # image and prompts checked before the model loads
+    _say(args.quiet, _describe_input(task, settings, read))
     model = load_model(args.model, model_type=args.model_type, device=args.device)
-    from .automatic.generator import uses_point_grid
-    from .precision import resolve_precision
-
-    grid = mode == "auto" and not args.labels and uses_point_grid(model, args.strategy)
-    precision = resolve_precision(args.precision, model.spec, encoder_bound=not grid)
-    _say(args.quiet, f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
-                     f"{precision} image encoder)")
-    store, key = _open_store(args, image, model, precision, prep)
-    stored = {"store": store, "key": key}
-
-    if args.labels:
-        from .automatic import segment_from_labels
-
-        labels = segment_from_labels(rgb, rough, model, precision=args.precision,
-                                     progress=_progress(args.quiet, "objects"), **stored, **_threshold(args))
-    elif mode == "prompts":
-        labels = _segment_prompts(args, rgb, model, prompts, **stored)
-    else:
-        from .automatic import generate_masks, masks_to_labels
-        from .automatic.parameters import AMG_PARAMETERS
-
-        params = {name: getattr(args, name) for name in AMG_PARAMETERS}
-        records = generate_masks(rgb, model, strategy=args.strategy, precision=args.precision,
-                                 progress=_progress(args.quiet, "segmenting"), **stored, **params)
-        labels = masks_to_labels(records, shape=rgb.shape[:2])
-    labels = np.asarray(labels)
-    write_labels(args.output, labels)
-    count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
-    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s"
-                     + (f" ({store.reads} embedding(s) read from {args.store}, {store.writes} computed)" if store else ""))
-    if args.overlay:
-        write_png(args.overlay, overlay_image(rgb, labels))
-        _say(args.quiet, f"wrote overlay picture {args.overlay}")
-    return 0
-
-
-def _segment_stack(args, image, prep: dict, started: float) -> int:
-    """``samkit segment --axes``: a volume or time-lapse, every mode, ids through the stack."""
-    import numpy as np
-
-    from .annotation import spatial_shape
-    from .errors import PromptError
-    from .io import read_image, read_plane_boxes_csv, write_labels
-    from .linking import LINKING_PARAMETERS, write_tracks_csv
-    from .loading import load_model
-    from .propagation import PROPAGATION_PARAMETERS
-    from .stack import AXIS_NAMES, parse_axes, through_axis
-    from .volumes import segment_volume
-
-    if prep.get("channel_axis") is not None or prep.get("channels"):
-        raise PromptError("--axes with --channel-axis is not supported yet: save the stack as gray or RGB planes.")
-    if args.points:
-        raise PromptError("--axes takes --boxes (with or without a plane column) or --labels, not --points.")
-    rgb = image.ndim >= 3 and image.shape[-1] in (3, 4) and len(args.axes) == image.ndim - 1
-    axes = parse_axes(args.axes, len(spatial_shape(image.shape, rgb=rgb)))
-    axis = through_axis(axes, args.through)
-    mode = "labels" if args.labels else "boxes" if args.boxes else "everything"
-    boxes = read_plane_boxes_csv(args.boxes, axes[axis] if axis is not None else None) if args.boxes else None
-    rough = read_image(args.labels) if args.labels else None
-    along = ", ".join(f"{a} ({AXIS_NAMES[a]})" for a in axes[:-2])
-    _say(args.quiet, f"stack {args.image}: {image.shape} {image.dtype}, axes {axes}" + (" + RGB" if rgb else "")
-         + "; planes are Y x X, " + (f"ids kept through {along}" if along else "one plane")
-         + (f"; boxes propagate along {axes[axis]} (--through to change)" if boxes and boxes[0] is not None else ""))
-    model = load_model(args.model, model_type=args.model_type, device=args.device)
-    from .automatic.parameters import AMG_PARAMETERS
-
-    params = {name: getattr(args, name) for name in AMG_PARAMETERS}
-    linking = {name: getattr(args, "link_" + name) for name in LINKING_PARAMETERS}
-    propagation = {name: getattr(args, "propagate_" + name) for name in PROPAGATION_PARAMETERS}
-    bar = _progress(args.quiet, "planes")
-    result = segment_volume(image, model, axes, mode, rgb=rgb, through=args.through, boxes=boxes,
-                            rough_labels=rough, params=params, strategy=args.strategy, precision=args.precision,
-                            linking=linking, propagation=propagation, store=args.store, progress=bar)
-    labels = np.asarray(result.labels)
-    write_labels(args.output, labels)
-    for note in result.notes:
+    result = segment_file(task, settings, model, inputs=read, progress=_progress(args.quiet, "segmenting"),
+                          say=lambda text: _say(args.quiet, text))
+    _say(args.quiet, f"wrote {result.objects} objects to {args.output} in {time.perf_counter() - started:.1f} s"
+         + "".join(f" ({note})" for note in result.notes if not args.axes))
+    for note in result.notes if args.axes else ():
         _say(args.quiet, note)
-    count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
-    _say(args.quiet, f"wrote {count} objects to {args.output} in {time.perf_counter() - started:.1f} s")
-    if "T" in axes[:-2] and mode == "everything":
-        from pathlib import Path
-
-        table = Path(args.output).with_name(Path(args.output).stem + "_tracks.csv")
-        write_tracks_csv(table, labels, result.parents, axes.index("T"))
-        _say(args.quiet, f"wrote the tracks table {table} ({len(result.parents)} division children)")
-    if args.overlay:
-        _say(args.quiet, "--overlay is drawn for 2D images only; open the stack and its labels in napari.")
+    if task.overlay and not args.axes:
+        _say(args.quiet, f"wrote overlay picture {task.overlay}")
     return 0
+
+
+def _path(text):
+    from pathlib import Path
+
+    return Path(text) if text else None
+
+
+def _describe_input(task, settings, read) -> str:
+    """The first line ``samkit segment`` prints: the image, and for a stack its axes."""
+    image = read.image
+    if not settings.axes:
+        return f"image {task.image}: {image.shape} {image.dtype}"
+    from .image_task import _stack_axes
+    from .stack import AXIS_NAMES
+
+    axes, axis, rgb = _stack_axes(image, settings)
+    along = ", ".join(f"{a} ({AXIS_NAMES[a]})" for a in axes[:-2])
+    propagated = read.boxes is not None and read.boxes[0] is not None
+    return (f"stack {task.image}: {image.shape} {image.dtype}, axes {axes}" + (" + RGB" if rgb else "")
+            + "; planes are Y x X, " + (f"ids kept through {along}" if along else "one plane")
+            + (f"; boxes propagate along {axes[axis]} (--through to change)" if propagated else ""))
+
+
+#: Exit status of a batch in which some images failed (the others were written).
+SOME_FAILED = 6
+
+
+def _segment_batch(args, settings) -> int:
+    """``samkit segment`` over many images: resumable, a summary table, on this machine or on Dask."""
+    from .batch import segment_images
+    from .terminal import BatchReporter
+
+    if args.overlay:
+        from .errors import PromptError
+
+        raise PromptError("In a batch --overlay takes no file name: each picture is written as NAME_overlay.png "
+                          "beside its label image.")
+    if args.workers and args.dask:
+        from .errors import PromptError
+
+        raise PromptError("Give --workers (a local cluster) or --dask ADDRESS (an existing one), not both.")
+    reporter = BatchReporter(quiet=args.quiet)
+    try:
+        summary = segment_images(args.images, args.output, settings, recursive=args.recursive, boxes=args.boxes,
+                                 points=args.points, labels=args.labels, overlay=args.overlay is not None,
+                                 store=args.store, overwrite=args.overwrite, summary=args.summary,
+                                 client=args.dask, workers=args.workers, threads=args.threads,
+                                 report=reporter)
+    except KeyboardInterrupt:
+        reporter.close()
+        print("samkit segment: interrupted; the finished label images are kept: run the same command again to "
+              "do the rest.", file=sys.stderr)
+        return 130
+    reporter.close()
+    for note in summary.notes:
+        _say(args.quiet, note)
+    for record in summary.failed:
+        print(f"samkit segment: failed: {record.path}: {record.error}", file=sys.stderr)
+    _say(args.quiet, summary.line())
+    return 0 if summary.complete else SOME_FAILED
 
 
 def _cmd_train(args) -> int:

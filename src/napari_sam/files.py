@@ -67,7 +67,8 @@ def expand_inputs(items: str | os.PathLike | Sequence[str | os.PathLike], recurs
         recursive: folders include the images of their sub-folders.
 
     Raises:
-        InputFileError: a path that does not exist, or a glob or folder that names no image.
+        InputFileError: a glob or folder that names no image (a missing file is returned
+            as it is: reading it raises the error, so a batch reports it and goes on).
     """
     todo = [items] if isinstance(items, (str, os.PathLike)) else list(items)
     out: list[Path] = []
@@ -96,9 +97,7 @@ def expand_inputs(items: str | os.PathLike | Sequence[str | os.PathLike], recurs
             add(found)
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
             add(expand_inputs(_read_list(path), recursive))
-        elif not path.exists():
-            raise InputFileError(f"Input {path} does not exist.")
-        else:
+        else:  # a missing file is kept: reading it says so, and a batch goes on with the others
             add([path])
     return out
 

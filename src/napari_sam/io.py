@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputFileError
-
 from .files import IMAGE_SUFFIXES
 
 

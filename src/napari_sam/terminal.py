@@ -61,3 +61,50 @@ class TerminalCounter:
 
 def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) and not value.is_integer() else str(int(value))
+
+
+class BatchReporter:
+    """``report(record, done, total)`` of a batch (:func:`napari_sam.batch.segment_images`) on stderr.
+
+    On a terminal a tqdm bar counts images with their rate and the time left; in a
+    log (stderr not a terminal) each image gets one line:
+    ``[3/50] plate1/cells_017.tif: segmented, 42 objects, 3.1 s``.
+    """
+
+    def __init__(self, quiet: bool = False, stream=None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar = None
+
+    def __call__(self, record, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if not self.interactive:
+            print(f"[{done}/{total}] {record.path}: {describe_record(record)}", file=self.stream, flush=True)
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="images", unit="image", file=self.stream, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+        self._bar.set_postfix_str(f"{record.path.rsplit('/', 1)[-1]}: {record.status}", refresh=True)
+        if record.status == "failed":
+            self._bar.write(f"failed: {record.path}: {record.error}", file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def describe_record(record) -> str:
+    """``"segmented, 42 objects, 3.1 s"``; a failure with its reason."""
+    if record.status == "failed":
+        return f"failed: {record.error}"
+    parts = [record.status]
+    if record.objects is not None:
+        parts.append(f"{record.objects} objects")
+    if record.seconds is not None and record.status != "skipped":
+        parts.append(f"{record.seconds:.1f} s")
+    return ", ".join(parts)

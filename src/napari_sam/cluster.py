@@ -1,0 +1,145 @@
+"""Batches on Dask (dask.distributed): a local process pool, a SLURM/PBS cluster, or a cloud one.
+
+Each image is one Dask task that reads its inputs and writes its outputs itself
+(paths travel, pixels do not: on a cluster the files must be on a file system
+the workers see). Each worker process loads the model once
+(:func:`worker_model` keeps it for the process's lifetime) and sets its torch
+threads once. Scheduling, retries of the tasks of a worker that died, and data
+movement are Dask's; there is no scheduler of ours. Outputs are written atomically,
+so a task that runs again after its worker died rewrites the same complete file;
+nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from .errors import Cancelled, SamkitError
+from .image_task import ImageTask, SegmentSettings
+
+#: Models loaded in this (worker) process, by (model, model_type, device).
+_MODELS: dict[tuple, object] = {}
+#: torch threads set in this process (set once: torch refuses changes once work ran in parallel).
+_THREADS: list[int] = []
+
+
+class ClusterError(SamkitError):
+    """A Dask cluster that cannot be reached or started."""
+
+    exit_code = 2
+
+
+def local_threads(workers: int, cores: int | None = None) -> int:
+    """torch threads per worker on a machine of ``cores`` shared by ``workers`` processes (at least 1)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def worker_model(settings: SegmentSettings, threads: int | None = None):
+    """The model of ``settings``, loaded once per process (on a Dask worker: once per worker)."""
+    if threads and not _THREADS:
+        import torch
+
+        torch.set_num_threads(threads)
+        _THREADS.append(threads)
+    key = (settings.model, settings.model_type, settings.device)
+    if key not in _MODELS:
+        from .loading import load_model
+
+        _MODELS[key] = load_model(settings.model, model_type=settings.model_type, device=settings.device)
+    return _MODELS[key]
+
+
+def segment_on_worker(task: ImageTask, settings: SegmentSettings, threads: int | None = None):
+    """The Dask task of one image: load the model (once), segment, write; returns the summary record."""
+    from .batch import FAILED, ImageRecord, failure_message, run_task
+
+    try:
+        model = worker_model(settings, threads)
+    except (Exception, MemoryError) as error:  # noqa: BLE001 - the record says why, the batch goes on
+        return ImageRecord(str(task.image), str(task.output), FAILED, error=failure_message(error))
+    return run_task(task, settings, model)
+
+
+def connect(address: str | None = None, workers: int | None = None, threads: int | None = None):
+    """``(client, cluster or None, threads)``: a Client of the cluster at ``address``, or of a new
+    ``LocalCluster`` of ``workers`` processes with one Dask thread each (closed by the caller).
+
+    Raises:
+        ClusterError: dask.distributed is missing, or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("Running on Dask needs dask.distributed: pip install 'dask[distributed]'.") from None
+    if address:
+        try:
+            client = Client(address, timeout="20s")
+        except (OSError, TimeoutError) as error:
+            raise ClusterError(f"Cannot reach the Dask scheduler at {address} ({error}): check the address and "
+                               "that the scheduler is running (dask scheduler prints its address).") from None
+        return client, None, threads
+    if workers is None or workers < 1:
+        raise ClusterError(f"--workers takes a number of worker processes of at least 1; got {workers}.")
+    threads = threads or local_threads(workers)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    return Client(cluster), cluster, threads
+
+
+def run_on_dask(
+    tasks: Sequence[ImageTask],
+    settings: SegmentSettings,
+    on_record: Callable,
+    *,
+    client=None,
+    workers: int | None = None,
+    address: str | None = None,
+    threads: int | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[str]:
+    """Run ``tasks`` as Dask tasks; ``on_record(record)`` as each one finishes. Returns notes for the person.
+
+    A task whose worker died is retried by Dask on another worker (up to the
+    scheduler's ``allowed-failures``); one that keeps killing workers is recorded as failed.
+
+    Raises:
+        Cancelled: ``cancel()`` said so; the tasks not started are cancelled, finished outputs stay.
+    """
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+
+    from .batch import FAILED, ImageRecord
+
+    own = None
+    if isinstance(client, str):
+        address, client = client, None
+    if client is None:
+        client, own, threads = connect(address, workers, threads)
+    try:
+        futures = client.map(segment_on_worker, list(tasks), settings=settings, threads=threads, pure=False)
+        by_future = dict(zip(futures, tasks))
+        notes = [f"on Dask: {len(client.scheduler_info().get('workers', {}))} workers, "
+                 f"{threads or 'default'} torch thread(s) each"]
+        finished = as_completed(futures)
+        for future in finished:
+            task = by_future[future]
+            try:
+                record = future.result()
+            except FutureCancelledError:
+                continue
+            except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the image killed its workers
+                record = ImageRecord(str(task.image), str(task.output), FAILED,
+                                     error=f"its worker died ({type(error).__name__}: {error}); too large for "
+                                           "the worker's memory?")
+            on_record(record)
+            if cancel is not None and cancel():
+                client.cancel([f for f in futures if not f.done()])
+                raise Cancelled
+        return notes
+    finally:
+        if own is not None:
+            client.close()
+            own.close()

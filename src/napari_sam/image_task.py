@@ -1,0 +1,366 @@
+"""One image file in, one label image out: what ``samkit segment`` does for each input.
+
+:class:`SegmentSettings` holds every choice of a run that is the same for all its
+images (model, mode, strategy, precision, channels, stack axes, the automatic,
+linking and propagation parameters); :class:`ImageTask` names one image's files
+(input, prompts, outputs, embedding store). :func:`segment_file` reads the image,
+segments it with a loaded model and writes its outputs; it never imports napari or
+Qt, so it runs the same in the command line, a script and on a Dask worker.
+
+The label image is written last and atomically: a label image that exists is
+complete, with its overlay picture and tracks table already written. A batch
+that finds it skips the image (see :mod:`napari_sam.batch`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, PromptError
+from .registry import DEFAULT_MODEL
+
+#: Modes of ``samkit segment``: automatic, or from the prompts given.
+MODES = ("auto", "prompts")
+
+
+def _no_message(_text: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How every image of a run is segmented (one field per ``samkit segment`` option).
+
+    Attributes:
+        model, model_type, device: what :func:`napari_sam.load_model` takes.
+        mode: ``"auto"``, ``"prompts"`` or None (prompts if an image has any, else auto).
+        strategy: automatic prompts, ``"auto"``, ``"points"`` or ``"boxes"``.
+        precision: image encoder precision (None: the environment's or auto).
+        mask_threshold: logit threshold for box and label refinement (None: their defaults).
+        channel_axis, channels: which axis holds channels and which to use.
+        axes, through: stack axis letters (``"ZYX"``...) and the propagation axis; None for 2D.
+        amg, linking, propagation: parameter values by name (missing names take the defaults of
+            :data:`~napari_sam.automatic.parameters.AMG_PARAMETERS`, ``LINKING_PARAMETERS``,
+            ``PROPAGATION_PARAMETERS``).
+    """
+
+    model: str = DEFAULT_MODEL
+    model_type: str | None = None
+    device: str | None = None
+    mode: str | None = None
+    strategy: str = "auto"
+    precision: str | None = None
+    mask_threshold: float | None = None
+    channel_axis: int | None = None
+    channels: tuple[int, ...] | None = None
+    axes: str | None = None
+    through: str | None = None
+    amg: Mapping = field(default_factory=dict)
+    linking: Mapping = field(default_factory=dict)
+    propagation: Mapping = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise PromptError(f"mode must be one of {', '.join(MODES)} (or None); got {self.mode!r}.")
+        if self.channels is not None:
+            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+
+    @property
+    def preprocessing(self) -> dict:
+        """``channel_axis`` / ``channels`` keywords of :func:`napari_sam.preprocess.as_rgb`."""
+        prep = {"channel_axis": self.channel_axis}
+        if self.channels:
+            prep["channels"] = list(self.channels)
+        return prep
+
+    @property
+    def threshold(self) -> dict:
+        """``mask_threshold`` for box and label refinement, when set."""
+        return {} if self.mask_threshold is None else {"mask_threshold": self.mask_threshold}
+
+    def amg_values(self) -> dict:
+        """Every automatic-segmentation parameter: the given values over the defaults."""
+        from .automatic.parameters import AMG_PARAMETERS, table_defaults
+
+        return {**table_defaults(AMG_PARAMETERS), **dict(self.amg)}
+
+    def with_model(self, model: str) -> SegmentSettings:
+        return replace(self, model=model)
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """The files of one image: its input, its prompts and where its outputs go.
+
+    Attributes:
+        image: the input image file.
+        output: the label image to write (``.tif``).
+        boxes, points: CSV prompt files (see :mod:`napari_sam.io`), or None.
+        labels: a rough label image to refine, or None.
+        overlay: a PNG picture of the labels over the image to write, or None.
+        store: an embedding store (``store_is_folder=False``: this very store, created if
+            missing) or a folder of stores (one per image, model and precision, as the
+            widgets' store setting), or None.
+    """
+
+    image: Path
+    output: Path
+    boxes: Path | None = None
+    points: Path | None = None
+    labels: Path | None = None
+    overlay: Path | None = None
+    store: Path | None = None
+    store_is_folder: bool = False
+
+    @property
+    def has_prompts(self) -> bool:
+        return bool(self.boxes or self.points or self.labels)
+
+    @property
+    def tracks(self) -> Path:
+        """The tracks table a time-lapse's automatic run writes beside its labels."""
+        return self.output.with_name(self.output.stem + "_tracks.csv")
+
+
+@dataclass
+class SegmentedImage:
+    """What :func:`segment_file` wrote: the label image and a few figures of it.
+
+    Attributes:
+        objects: number of labels.
+        mean_area: mean object size in pixels (voxels for stacks), 0 without objects.
+        seconds: wall time of reading, segmenting and writing.
+        written: the files written, label image last.
+        notes: remarks for the person (e.g. how boxes were propagated).
+    """
+
+    objects: int
+    mean_area: float
+    seconds: float
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def label_figures(labels: np.ndarray) -> tuple[int, float]:
+    """``(objects, mean area in pixels)`` of a label image."""
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))
+    sizes = counts[1:][counts[1:] > 0]
+    return int(sizes.size), float(sizes.mean()) if sizes.size else 0.0
+
+
+def resolve_mode(settings: SegmentSettings, task: ImageTask) -> str:
+    """``"auto"`` or ``"prompts"`` for this task; refuses contradictory choices."""
+    mode = settings.mode or ("prompts" if task.has_prompts else "auto")
+    if mode == "prompts" and not task.has_prompts:
+        raise PromptError("--mode prompts needs --boxes, --points or --labels.")
+    if mode == "auto" and (task.boxes or task.points):
+        raise PromptError("--mode auto ignores prompts: drop --boxes/--points, or use --mode prompts.")
+    return mode
+
+
+def check_2d(image: np.ndarray, path, channel_axis: int | None) -> None:
+    """Refuse a stack given as a 2D image, naming ``--axes``."""
+    if image.ndim >= 3 and channel_axis is None and not (image.ndim == 3 and image.shape[-1] in (3, 4)):
+        raise ImageError(f"{path} has shape {image.shape}: this looks like a 3D stack, not a 2D image. Give "
+                         f"--axes (e.g. {'ZYX' if image.ndim == 3 else 'TZYX'}) to segment it as a stack, or "
+                         "--channel-axis if one axis holds channels.")
+
+
+@dataclass
+class TaskInputs:
+    """A task's inputs, read and checked before any model work.
+
+    Attributes:
+        image: the image as read (``H x W``, ``H x W x C`` or a stack).
+        rgb: the 2D image as the model's RGB input (None for stacks).
+        mode: ``"auto"`` or ``"prompts"``.
+        boxes: ``N x 4`` boxes (2D), or ``(planes or None, boxes)`` for stacks; None without.
+        points: ``(coords, labels, objects)`` of a points CSV, or None.
+        rough: the rough label image to refine, or None.
+    """
+
+    image: np.ndarray
+    rgb: np.ndarray | None
+    mode: str
+    boxes: object = None
+    points: tuple | None = None
+    rough: np.ndarray | None = None
+
+
+def read_inputs(task: ImageTask, settings: SegmentSettings, image: np.ndarray | None = None) -> TaskInputs:
+    """Read and check ``task``'s image and prompt files (no model needed: bad input fails fast).
+
+    Raises:
+        SamkitError: an unreadable file, a stack without ``axes``, prompts that do not fit.
+    """
+    from .io import read_boxes_csv, read_image, read_plane_boxes_csv, read_points_csv
+
+    if image is None:
+        image = read_image(task.image)
+    rough = read_image(task.labels) if task.labels else None
+    mode = resolve_mode(settings, task)
+    if settings.axes:
+        if settings.channel_axis is not None or settings.channels:
+            raise PromptError("--axes with --channel-axis is not supported yet: save the stack as gray or RGB planes.")
+        if task.points:
+            raise PromptError("--axes takes --boxes (with or without a plane column) or --labels, not --points.")
+        axes, axis, rgb = _stack_axes(image, settings)
+        boxes = read_plane_boxes_csv(task.boxes, axes[axis] if axis is not None else None) if task.boxes else None
+        return TaskInputs(image, None, mode, boxes, None, rough)
+    from .preprocess import as_rgb
+
+    check_2d(image, task.image, settings.channel_axis)
+    rgb = as_rgb(image, **settings.preprocessing)
+    boxes = read_boxes_csv(task.boxes) if task.boxes else None
+    points = read_points_csv(task.points) if task.points else None
+    return TaskInputs(image, rgb, mode, boxes, points, rough)
+
+
+def _stack_axes(image: np.ndarray, settings: SegmentSettings) -> tuple[str, int | None, bool]:
+    """``(axes, index of the propagation axis, rgb)`` of a stack."""
+    from .annotation import spatial_shape
+    from .stack import parse_axes, through_axis
+
+    rgb = image.ndim >= 3 and image.shape[-1] in (3, 4) and len(settings.axes) == image.ndim - 1
+    axes = parse_axes(settings.axes, len(spatial_shape(image.shape, rgb=rgb)))
+    return axes, through_axis(axes, settings.through), rgb
+
+
+def segment_file(
+    task: ImageTask,
+    settings: SegmentSettings,
+    model,
+    *,
+    inputs: TaskInputs | None = None,
+    progress: Callable[[float, float], None] | None = None,
+    say: Callable[[str], None] = _no_message,
+) -> SegmentedImage:
+    """Segment ``task.image`` with ``model`` and write ``task.output`` (and its overlay / tracks).
+
+    Args:
+        inputs: the task's inputs already read (:func:`read_inputs`: a batch reads the
+            next image while this one is segmented); read here when None.
+        progress: ``progress(done, total)`` of the segmentation.
+        say: where remarks for the person go (the command line prints them).
+
+    Raises:
+        SamkitError: bad image, prompts or outputs, with what to do; nothing is written then.
+    """
+    from .io import write_labels
+
+    started = time.perf_counter()
+    if inputs is None:
+        inputs = read_inputs(task, settings)
+    if settings.axes:
+        labels, notes, extra = _segment_stack(task, settings, model, inputs, progress)
+    else:
+        labels, notes, extra = _segment_plane(task, settings, model, inputs, progress, say)
+    written = [*extra, write_labels(task.output, labels)]
+    objects, mean_area = label_figures(labels)
+    return SegmentedImage(objects, mean_area, time.perf_counter() - started, written, notes)
+
+
+def _segment_plane(task, settings, model, inputs: TaskInputs, progress, say) -> tuple[np.ndarray, list[str], list]:
+    from .automatic.generator import uses_point_grid
+    from .io import overlay_image, write_png
+    from .precision import resolve_precision
+
+    rgb = inputs.rgb
+    grid = inputs.mode == "auto" and inputs.rough is None and uses_point_grid(model, settings.strategy)
+    precision = resolve_precision(settings.precision, model.spec, encoder_bound=not grid)
+    say(f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
+        f"{precision} image encoder)")
+    store, key = _open_store(task, settings, inputs.image, model, precision)
+    stored = {"store": store, "key": key}
+    if inputs.rough is not None:
+        from .automatic import segment_from_labels
+
+        labels = segment_from_labels(rgb, inputs.rough, model, precision=settings.precision, progress=progress,
+                                     **stored, **settings.threshold)
+    elif inputs.mode == "prompts":
+        labels = _segment_prompts(rgb, model, inputs.boxes, inputs.points, settings, progress, **stored)
+    else:
+        from .automatic import generate_masks, masks_to_labels
+
+        records = generate_masks(rgb, model, strategy=settings.strategy, precision=settings.precision,
+                                 progress=progress, **stored, **settings.amg_values())
+        labels = masks_to_labels(records, shape=rgb.shape[:2])
+    labels = np.asarray(labels)
+    notes = [f"{store.reads} embedding(s) read from {store.path}, {store.writes} computed"] if store else []
+    extra = [write_png(task.overlay, overlay_image(rgb, labels))] if task.overlay else []
+    return labels, notes, extra
+
+
+def _open_store(task: ImageTask, settings: SegmentSettings, image, model, precision: str):
+    """``(store, key)`` of the task's store for a 2D image, or ``(None, None)``."""
+    if task.store is None:
+        return None, None
+    from .embedding import EmbeddingKey, image_signature, plane_view
+    from .store import EmbeddingStore, store_in_folder
+
+    view = plane_view(channel_axis=settings.channel_axis, channels=settings.preprocessing.get("channels"))
+    key = EmbeddingKey.create(image_signature(image), model, precision, view=view)
+    path = store_in_folder(task.store, key, task.image.stem) if task.store_is_folder else task.store
+    return EmbeddingStore.open(path, key), key
+
+
+def _segment_prompts(rgb, model, boxes, points, settings, progress, store=None, key=None) -> np.ndarray:
+    """Boxes and/or points -> label image, one object per box (row i: label i+1) or per point group."""
+    from .predictor import Predictor
+
+    if boxes is not None and points is None:
+        from .automatic import segment_boxes
+
+        return segment_boxes(rgb, boxes, model, precision=settings.precision, progress=progress,
+                             store=store, key=key, **settings.threshold)
+    from .embed import embed_one
+
+    predictor = Predictor(model, precision=settings.precision)
+    predictor.store = store  # zoomed windows (small objects) are stored with the image's embedding
+    embedding = embed_one(model, rgb, key=key, store=store, cache=predictor.cache, precision=settings.precision,
+                          rgb_ready=True)
+    predictor.set_embedding(embedding, image=rgb, rgb_ready=True)
+    labels = np.zeros(rgb.shape[:2], np.uint32)
+    coords, point_labels, objects = points
+    object_ids = np.unique(objects)
+    if boxes is not None and (object_ids.min() < 1 or object_ids.max() > len(boxes)):
+        raise PromptError(
+            f"With --boxes, the points' object column names the box (1 to {len(boxes)}); got {object_ids.tolist()}."
+        )
+    for object_id in object_ids:
+        chosen = objects == object_id
+        box = boxes[object_id - 1] if boxes is not None else None
+        prediction = predictor.predict(points=coords[chosen], labels=point_labels[chosen], box=box)
+        best = int(np.argmax(prediction.iou_scores))
+        mask = prediction.masks[best] & (labels == 0)
+        labels[mask] = object_id
+    return labels
+
+
+def _segment_stack(task, settings, model, inputs: TaskInputs, progress) -> tuple[np.ndarray, list[str], list]:
+    """A volume or time-lapse (``settings.axes``), every mode, ids through the stack."""
+    from .linking import write_tracks_csv
+    from .volumes import segment_volume
+
+    axes, _axis, rgb = _stack_axes(inputs.image, settings)
+    mode = "labels" if task.labels else "boxes" if task.boxes else "everything"
+    result = segment_volume(inputs.image, model, axes, mode, rgb=rgb, through=settings.through, boxes=inputs.boxes,
+                            rough_labels=inputs.rough, params=settings.amg_values(), strategy=settings.strategy,
+                            precision=settings.precision, linking=dict(settings.linking),
+                            propagation=dict(settings.propagation),
+                            store=str(task.store) if task.store else None, progress=progress)
+    labels = np.asarray(result.labels)
+    extra: list[Path] = []
+    notes = list(result.notes)
+    if "T" in axes[:-2] and mode == "everything":
+        write_tracks_csv(task.tracks, labels, result.parents, axes.index("T"))
+        extra.append(task.tracks)
+        notes.append(f"wrote the tracks table {task.tracks} ({len(result.parents)} division children)")
+    if task.overlay:
+        notes.append("an overlay picture is drawn for 2D images only; open the stack and its labels in napari.")
+    return labels, notes, extra
