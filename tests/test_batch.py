@@ -262,3 +262,45 @@ def test_workers_option_starts_and_closes_a_local_cluster(folder, serial_labels,
     assert "on Dask: 2 workers, 1 torch thread(s) each" in err and "5 images: 5 segmented" in err
     for name, labels in serial_labels.items():
         assert np.array_equal(tifffile.imread(out / name), labels)
+
+
+# ---------------------------------------------------------------- napari
+
+
+@pytest.mark.gui
+def test_the_automatic_widget_segments_a_folder_and_a_cancel_keeps_what_is_done(make_napari_viewer, qtbot, folder,
+                                                                                 tmp_path, lite_medsam):
+    from napari_sam._widgets.automatic import AutomaticSegmentationWidget
+
+    root, truths = folder
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in list(truths)[:2]:
+        (two / f"{name}.tif").write_bytes((root / f"{name}.tif").read_bytes())
+    viewer = make_napari_viewer()
+    widget = AutomaticSegmentationWidget(viewer, model=lite_medsam)
+    viewer.window.add_dock_widget(widget)
+    section = widget.folder
+    assert section.run() is None and "Choose the image folder" in section.status.value
+    section.input.value, section.output.value = two, tmp_path / "out"
+    assert not section.workers.native.isVisibleTo(widget.native)
+    section.where.value = "local"
+    assert section.workers.native.isVisibleTo(widget.native)
+    section.where.value = "here"
+    assert section.run() is not None
+    qtbot.waitUntil(lambda: section.summary is not None, timeout=300_000)
+    qtbot.waitUntil(lambda: not section.running, timeout=10_000)
+    assert section.summary.complete and section.summary.count(SEGMENTED) == 2, section.summary.records
+    assert "2 images: 2 segmented" in section.status.value and section.progress.value == 2
+    for name in list(truths)[:2]:  # segment everything found the nuclei
+        labels = tifffile.imread(tmp_path / "out" / f"{name}_labels.tif")
+        assert len(np.unique(labels)) > 5
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*_labels.tif")}
+
+    section.overwrite.value = True
+    assert section.run() is not None
+    section.cancel()  # stops during the first image: nothing is half-written, nothing done is lost
+    qtbot.waitUntil(lambda: not section.running, timeout=300_000)
+    assert not section.summary.complete and section.summary.count(NOT_RUN) >= 1
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*_labels.tif")}.keys() == before.keys()
+    assert len(viewer.layers) == 0  # no layer was added or changed

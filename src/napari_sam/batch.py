@@ -231,11 +231,13 @@ def failure_message(error: BaseException) -> str:
     return f"unexpected {type(error).__name__}: {first} (a bug: rerun this image alone with --debug and report it)"
 
 
-def run_task(task: ImageTask, settings: SegmentSettings, model, inputs=None) -> ImageRecord:
-    """Segment one task; an error becomes a failed record (the batch goes on). Ctrl-C is not caught."""
+def run_task(task: ImageTask, settings: SegmentSettings, model, inputs=None, cancel=None) -> ImageRecord:
+    """Segment one task; an error becomes a failed record (the batch goes on). Ctrl-C and a cancel are not caught."""
     started = time.perf_counter()
     try:
-        result = segment_file(task, settings, model, inputs=inputs)
+        result = segment_file(task, settings, model, inputs=inputs, cancel=cancel)
+    except Cancelled:
+        raise
     except (Exception, MemoryError) as error:  # noqa: BLE001 - one bad image must not stop the batch
         return ImageRecord(str(task.image), str(task.output), FAILED, seconds=time.perf_counter() - started,
                            error=failure_message(error))
@@ -263,7 +265,7 @@ def _run_serial(todo, settings, model, on_record, cancel) -> None:
             if isinstance(inputs, BaseException):
                 on_record(ImageRecord(str(task.image), str(task.output), FAILED, error=failure_message(inputs)))
                 continue
-            on_record(run_task(task, settings, model, inputs))
+            on_record(run_task(task, settings, model, inputs, cancel))
 
 
 def segment_images(
@@ -299,8 +301,9 @@ def segment_images(
         threads: torch threads per image (default: torch's own; on a local cluster
             the machine's cores divided among the workers).
         report: ``report(record, done, total)`` after each image (skipped ones included).
-        cancel: polled between images; when it returns True the run stops after the
-            image in flight and the rest are recorded as not run.
+        cancel: polled between images and during each (serial runs); when it returns
+            True the run stops (on Dask: after the images in flight), nothing half-done is
+            written, and the images left are recorded as not run.
 
     Returns:
         The :class:`BatchSummary`; the table is written even when the run was cancelled

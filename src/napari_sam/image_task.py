@@ -238,6 +238,7 @@ def segment_file(
     *,
     inputs: TaskInputs | None = None,
     progress: Callable[[float, float], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
     say: Callable[[str], None] = _no_message,
 ) -> SegmentedImage:
     """Segment ``task.image`` with ``model`` and write ``task.output`` (and its overlay / tracks).
@@ -246,6 +247,8 @@ def segment_file(
         inputs: the task's inputs already read (:func:`read_inputs`: a batch reads the
             next image while this one is segmented); read here when None.
         progress: ``progress(done, total)`` of the segmentation.
+        cancel: polled during the segmentation; True raises :class:`~napari_sam.errors.Cancelled`
+            (nothing is written then).
         say: where remarks for the person go (the command line prints them).
 
     Raises:
@@ -257,15 +260,15 @@ def segment_file(
     if inputs is None:
         inputs = read_inputs(task, settings)
     if settings.axes:
-        labels, notes, extra = _segment_stack(task, settings, model, inputs, progress)
+        labels, notes, extra = _segment_stack(task, settings, model, inputs, progress, cancel)
     else:
-        labels, notes, extra = _segment_plane(task, settings, model, inputs, progress, say)
+        labels, notes, extra = _segment_plane(task, settings, model, inputs, progress, cancel, say)
     written = [*extra, write_labels(task.output, labels)]
     objects, mean_area = label_figures(labels)
     return SegmentedImage(objects, mean_area, time.perf_counter() - started, written, notes)
 
 
-def _segment_plane(task, settings, model, inputs: TaskInputs, progress, say) -> tuple[np.ndarray, list[str], list]:
+def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, say) -> tuple[np.ndarray, list[str], list]:
     from .automatic.generator import uses_point_grid
     from .io import overlay_image, write_png
     from .precision import resolve_precision
@@ -281,14 +284,14 @@ def _segment_plane(task, settings, model, inputs: TaskInputs, progress, say) -> 
         from .automatic import segment_from_labels
 
         labels = segment_from_labels(rgb, inputs.rough, model, precision=settings.precision, progress=progress,
-                                     **stored, **settings.threshold)
+                                     cancel=cancel, **stored, **settings.threshold)
     elif inputs.mode == "prompts":
-        labels = _segment_prompts(rgb, model, inputs.boxes, inputs.points, settings, progress, **stored)
+        labels = _segment_prompts(rgb, model, inputs.boxes, inputs.points, settings, progress, cancel, **stored)
     else:
         from .automatic import generate_masks, masks_to_labels
 
         records = generate_masks(rgb, model, strategy=settings.strategy, precision=settings.precision,
-                                 progress=progress, **stored, **settings.amg_values())
+                                 progress=progress, cancel=cancel, **stored, **settings.amg_values())
         labels = masks_to_labels(records, shape=rgb.shape[:2])
     labels = np.asarray(labels)
     notes = [f"{store.reads} embedding(s) read from {store.path}, {store.writes} computed"] if store else []
@@ -309,14 +312,14 @@ def _open_store(task: ImageTask, settings: SegmentSettings, image, model, precis
     return EmbeddingStore.open(path, key), key
 
 
-def _segment_prompts(rgb, model, boxes, points, settings, progress, store=None, key=None) -> np.ndarray:
+def _segment_prompts(rgb, model, boxes, points, settings, progress, cancel, store=None, key=None) -> np.ndarray:
     """Boxes and/or points -> label image, one object per box (row i: label i+1) or per point group."""
     from .predictor import Predictor
 
     if boxes is not None and points is None:
         from .automatic import segment_boxes
 
-        return segment_boxes(rgb, boxes, model, precision=settings.precision, progress=progress,
+        return segment_boxes(rgb, boxes, model, precision=settings.precision, progress=progress, cancel=cancel,
                              store=store, key=key, **settings.threshold)
     from .embed import embed_one
 
@@ -342,7 +345,7 @@ def _segment_prompts(rgb, model, boxes, points, settings, progress, store=None, 
     return labels
 
 
-def _segment_stack(task, settings, model, inputs: TaskInputs, progress) -> tuple[np.ndarray, list[str], list]:
+def _segment_stack(task, settings, model, inputs: TaskInputs, progress, cancel) -> tuple[np.ndarray, list[str], list]:
     """A volume or time-lapse (``settings.axes``), every mode, ids through the stack."""
     from .linking import write_tracks_csv
     from .volumes import segment_volume
@@ -353,7 +356,7 @@ def _segment_stack(task, settings, model, inputs: TaskInputs, progress) -> tuple
                             rough_labels=inputs.rough, params=settings.amg_values(), strategy=settings.strategy,
                             precision=settings.precision, linking=dict(settings.linking),
                             propagation=dict(settings.propagation),
-                            store=str(task.store) if task.store else None, progress=progress)
+                            store=str(task.store) if task.store else None, progress=progress, cancel=cancel)
     labels = np.asarray(result.labels)
     extra: list[Path] = []
     notes = list(result.notes)

@@ -176,7 +176,13 @@ class AutomaticSegmentationWidget(Container):
         self.strategy.changed.connect(self._update_visibility)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        self._lifetime = stop_jobs_on_exit(self.native, self._cancel.set)
+        from ._folder import FolderRun
+        from ._jobs import Lifetime
+
+        self._lifetime = Lifetime()
+        self.folder = FolderRun(self.folder_settings, self._lifetime)
+        self.append(self.folder)
+        stop_jobs_on_exit(self.native, lambda: (self._cancel.set(), self.folder.cancel()), self._lifetime)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         from qtpy.QtCore import QTimer
@@ -292,6 +298,16 @@ class AutomaticSegmentationWidget(Container):
             decimals = widget.native.decimals() if p.kind is float else 0
             values[name] = p.default if abs(value - p.default) <= 0.5 * 10.0**-decimals else value
         return values
+
+    def folder_settings(self):
+        """``(SegmentSettings, loaded model or None)`` for a folder run: segment everything with the settings shown."""
+        from ..image_task import SegmentSettings
+
+        settings = SegmentSettings(model=self.model.value, device=self.device.value, mode="auto",
+                                   strategy=self.strategy.value,
+                                   precision=None if self.precision.value == "default" else self.precision.value,
+                                   amg=self.parameter_values())
+        return settings, self._models.get((self.model.value, self.device.value))
 
     def build_request(self) -> StackRequest:
         """Read the layers into a request (GUI thread).
