@@ -222,12 +222,12 @@ def serial_labels(folder, tmp_path_factory, lite_medsam):
 @pytest.mark.slow
 def test_dask_workers_give_the_serial_labels_even_when_a_worker_is_killed(folder, serial_labels, tmp_path):
     """A LocalCluster of 2 processes: one worker is killed mid-run; Dask retries its task elsewhere."""
-    from distributed import Client, LocalCluster
+    from napari_sam.cluster import connect
 
     root, _ = folder
     out = tmp_path / "labels"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    client, cluster, _threads = connect(workers=2)
+    with cluster, client:
         result = {}
         run = threading.Thread(target=lambda: result.update(summary=segment_images(
             root, out, SegmentSettings(), boxes=root / "boxes", client=client, threads=1)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +88,6 @@ class SegmentSettings:
         from .automatic.parameters import AMG_PARAMETERS, table_defaults
 
         return {**table_defaults(AMG_PARAMETERS), **dict(self.amg)}
-
-    def with_model(self, model: str) -> SegmentSettings:
-        return replace(self, model=model)
 
 
 @dataclass(frozen=True)
