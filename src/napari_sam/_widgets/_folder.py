@@ -34,7 +34,7 @@ class FolderRun(Container):
     """
 
     def __init__(self, settings, lifetime) -> None:
-        super().__init__(labels=True, label="Folder")
+        super().__init__(labels=True, label="")
         self._settings = settings
         self._lifetime = lifetime
         self._cancel = threading.Event()
@@ -63,9 +63,10 @@ class FolderRun(Container):
         self.progress = ProgressBar(label="", min=0, max=1, value=0)
         self.status = Label(label="", value="")
         self.status.native.setWordWrap(True)
+        self.title = Label(label="", value="<b>Folder</b>: segment everything in every image of a folder")
         for widget in (self.recursive, self.overwrite, self.run_button, self.cancel_button):
             widget.label = ""
-        self.extend([self.input, self.output, self.recursive, self.overwrite, self.where, self.workers,
+        self.extend([self.title, self.input, self.output, self.recursive, self.overwrite, self.where, self.workers,
                      self.address, self.run_button, self.cancel_button, self.progress, self.status])
         self.where.changed.connect(self._update_visibility)
         self.run_button.clicked.connect(self.run)

@@ -1,0 +1,25 @@
+"""Screenshot of the automatic widget's Folder section mid-run (docs/images/automatic_folder.png), and a check
+that closing napari while a folder runs exits cleanly. Run under Xvfb: python docs/make_folder_screenshot.py OUT.png
+(inputs: a few images in /tmp/shot_in)."""
+import time, sys
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_sam._widgets.automatic import AutomaticSegmentationWidget
+from pathlib import Path
+viewer = napari.Viewer(show=True)
+w = AutomaticSegmentationWidget(viewer)
+viewer.window.add_dock_widget(w, name="Automatic segmentation")
+w.folder.input.value = Path("/tmp/shot_in"); w.folder.output.value = Path("/tmp/shot_out")
+w.folder.run()
+app = QApplication.instance()
+t = time.time()
+while time.time() - t < 60 and not (w.folder._state[0] >= 1):
+    app.processEvents(); time.sleep(0.05)
+for _ in range(10): app.processEvents(); time.sleep(0.1)
+viewer.window._qt_window.resize(1500, 1150)
+for _ in range(5): app.processEvents(); time.sleep(0.1)
+viewer.screenshot(sys.argv[1], canvas_only=False)
+print("state", w.folder._state, w.folder.running, flush=True)
+t = time.time()
+viewer.close()
+print("closed in", round(time.time() - t, 1), "s", flush=True)
