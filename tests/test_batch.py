@@ -304,3 +304,25 @@ def test_the_automatic_widget_segments_a_folder_and_a_cancel_keeps_what_is_done(
     assert not section.summary.complete and section.summary.count(NOT_RUN) >= 1
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*_labels.tif")}.keys() == before.keys()
     assert len(viewer.layers) == 0  # no layer was added or changed
+
+
+def test_a_batch_of_stacks_takes_the_stack_options(folder, tmp_path, lite_medsam):
+    """--axes applies to every image of a batch: two 2-frame time-lapses, boxes on every frame."""
+    root, truths = folder
+    stacks = tmp_path / "movies"
+    (stacks / "boxes").mkdir(parents=True)
+    names = list(truths)[:2]
+    for name in names:
+        frame = tifffile.imread(root / f"{name}.tif")
+        tifffile.imwrite(stacks / f"{name}.tif", np.stack([frame, frame]))
+        (stacks / "boxes" / f"{name}.csv").write_text((root / "boxes" / f"{name}.csv").read_text())
+    summary = segment_images(stacks, tmp_path / "out", SegmentSettings(axes="TYX"), boxes=stacks / "boxes",
+                             model=lite_medsam)
+    assert summary.complete and summary.count(SEGMENTED) == 2, summary.records
+    for name in names:
+        labels = tifffile.imread(tmp_path / "out" / f"{name}_labels.tif")
+        assert labels.shape == (2, CROP, CROP)
+        assert np.array_equal(labels[0], labels[1]) and set(np.unique(labels)) == {0, 1, 2, 3}
+        assert np.mean([_iou(labels[0] == i, truths[name] == i) for i in (1, 2, 3)]) > 0.7
+    flat = segment_images(stacks, tmp_path / "flat", boxes=stacks / "boxes", model=lite_medsam)
+    assert flat.count(FAILED) == 2 and "--axes" in flat.failed[0].error  # a stack without --axes: say so
