@@ -199,3 +199,32 @@ def test_segment_a_stack_with_axes_and_boxes_on_planes(tmp_path, capsys):
         assert both > 0.8, (label, both)
     assert main(["segment", str(tmp_path / "stack.tif"), "--axes", "TZYX", "-o", str(out)]) == 2
     assert "names 4 axes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif"], "float16",
+         "Unknown precision 'float16' (environment variable NAPARI_SAMKIT_PRECISION)"),
+        (["segment", "{folder}/coins.png", "{folder}/c.tif", "-o", "{folder}/out"], "float16",
+         "Unknown precision 'float16'"),
+        (["segment", "{folder}/coins.png", "{folder}/c.tif", "-o", "{folder}/out", "--box-nms-thresh", "-1"], None,
+         "box_nms_thresh must be between"),
+    ],
+)
+def test_bad_settings_are_refused_once_before_the_model_loads(coins_files, capsys, monkeypatch, args, env, message):
+    """A batch would otherwise load the model and report the same mistake for every image."""
+    import napari_sam.loading
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(napari_sam.loading, "load_model", no_model)
+    if env is not None:
+        monkeypatch.setenv("NAPARI_SAMKIT_PRECISION", env)
+    folder = coins_files[0]
+    tifffile.imwrite(folder / "c.tif", coin_masks()[0])
+    assert main([a.format(folder=folder) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (folder / "x.tif").exists() and not (folder / "out" / "samkit_summary.csv").exists()

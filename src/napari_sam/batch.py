@@ -310,7 +310,7 @@ def segment_images(
         (then :class:`~napari_sam.errors.Cancelled` is not raised: see ``summary.complete``).
     """
     started = time.perf_counter()
-    settings = settings or SegmentSettings()
+    settings = (settings or SegmentSettings()).check()
     output_dir = Path(output_dir)
     tasks, failed = plan_batch(inputs, output_dir, recursive=recursive, boxes=boxes, points=points, labels=labels,
                                overlay=overlay, store=store)

@@ -26,6 +26,8 @@ SAMPLES = ("coins", "cell", "immunohistochemistry", "astronaut", "camera", "hubb
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .automatic.parameters import STRATEGIES
+
     parser = argparse.ArgumentParser(
         prog="samkit",
         description="Segment Anything for biologists: promptable and automatic segmentation on a CPU.",
@@ -113,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                               "OUTPUT_overlay.png; batch: NAME_overlay.png beside each label image)")
     segment.add_argument("--channel-axis", type=int, help="axis of the image that holds channels")
     segment.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
-    segment.add_argument("--strategy", choices=("auto", "points", "boxes"), default="auto",
+    segment.add_argument("--strategy", choices=STRATEGIES, default="auto",
                          help="automatic prompts: point grid (SAM) or box proposals (box-only models)")
     segment.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
                          help="image encoder precision (default: $NAPARI_SAMKIT_PRECISION, else auto: bfloat16 for "
@@ -364,7 +366,7 @@ def _cmd_segment(args) -> int:
     from .loading import load_model
 
     started = time.perf_counter()
-    settings = _segment_settings(args)
+    settings = _segment_settings(args).check()
     if _is_batch(args):
         return _segment_batch(args, settings)
     image_path = args.images[0]

@@ -21,6 +21,15 @@ class Cancelled(Exception):
     """
 
 
+class SettingsError(SamkitError, ValueError):
+    """A setting (an option, an environment variable) with a value napari-samkit does not take.
+
+    Also a :class:`ValueError`, as Python code that passes a wrong value expects.
+    """
+
+    exit_code = 2
+
+
 class CheckpointError(SamkitError):
     """A checkpoint file is missing, broken, or of an unexpected architecture."""
 

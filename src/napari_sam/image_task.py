@@ -70,6 +70,28 @@ class SegmentSettings:
         if self.channels is not None:
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
 
+    def check(self) -> SegmentSettings:
+        """Refuse, before any model loads, a value no image of a run could use (a batch would
+        otherwise report the same mistake for every image).
+
+        Raises:
+            SettingsError, PromptError: an unknown precision (also in ``NAPARI_SAMKIT_PRECISION``),
+                strategy or parameter name, or a parameter value outside its range.
+        """
+        from .automatic.parameters import AMG_PARAMETERS, STRATEGIES, check_table
+        from .errors import SettingsError
+        from .linking import check_linking
+        from .precision import resolve_precision
+        from .propagation import check_propagation
+
+        resolve_precision(self.precision)
+        if self.strategy not in STRATEGIES:
+            raise SettingsError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}.")
+        check_table(AMG_PARAMETERS, dict(self.amg), "automatic segmentation parameter")
+        check_linking(**self.linking)
+        check_propagation(**self.propagation)
+        return self
+
     @property
     def preprocessing(self) -> dict:
         """``channel_axis`` / ``channels`` keywords of :func:`napari_sam.preprocess.as_rgb`."""

@@ -36,6 +36,8 @@ import platform
 
 import torch
 
+from .errors import SettingsError
+
 PRECISIONS = ("float32", "bfloat16")
 #: Accepted values: the precisions, and "auto".
 CHOICES = (*PRECISIONS, "auto")
@@ -46,7 +48,7 @@ DEFAULT = "auto"
 def _check(precision: str, source: str, spec) -> str:
     value = precision.strip().lower()
     if value not in CHOICES:
-        raise ValueError(f"Unknown precision {precision!r} ({source}); choose one of {', '.join(CHOICES)}.")
+        raise SettingsError(f"Unknown precision {precision!r} ({source}); choose one of {', '.join(CHOICES)}.")
     if value == "auto":
         checked = spec is None or getattr(spec, "bfloat16_checked", False)
         return "bfloat16" if checked and native_bfloat16() else "float32"
@@ -91,7 +93,7 @@ def resolve_precision(precision: str | None = None, spec=None, encoder_bound: bo
             since bfloat16 would move its threshold-filtered masks for no gain.
 
     Raises:
-        ValueError: for a value (argument or environment variable) not in :data:`CHOICES`.
+        SettingsError: (a ValueError) for a value (argument or environment variable) not in :data:`CHOICES`.
     """
     env = os.environ.get(ENV_VAR, "").strip()
     if precision is not None:

@@ -267,6 +267,10 @@ def download_weights(
         )
     if _already_cached(target, spec):
         return target
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("http", "https", "file"):
+        raise DownloadError(f"Cannot download {spec.name} from {url!r}: give an http://, https:// or file:// address "
+                            f"(a mirror of {spec.url or spec.file_name}).")
 
     part: Path | None = None
     try:

@@ -28,7 +28,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..automatic.parameters import AMG_PARAMETERS
+from ..automatic.parameters import AMG_PARAMETERS, STRATEGIES
 from ..automatic.planes import (
     LINKS,
     MODES,
@@ -51,7 +51,6 @@ _PRECISIONS = [("default", "default"), ("float32 (exact)", "float32"), ("bfloat1
 _PRECISION_HELP = ("Image encoder precision. default: $NAPARI_SAMKIT_PRECISION, else auto (bfloat16 on CPUs with "
                    "native bfloat16 for checked models, else float32). bfloat16: about 1.5x faster there; masks differ "
                    "slightly (mean IoU 0.986-0.999 vs float32 on real images). float32: identical to Meta's code.")
-_STRATEGIES = ("auto", "points", "boxes")
 _SOURCE_KIND = {"boxes": Shapes, "labels": Labels}
 
 
@@ -139,7 +138,7 @@ class AutomaticSegmentationWidget(Container):
         self.device = ComboBox(label="Device", choices=device_choices(), tooltip="Where the model runs.")
         self.precision = ComboBox(label="Precision", choices=_PRECISIONS,
                                   tooltip=_PRECISION_HELP)
-        self.strategy = ComboBox(label="Prompts", choices=_STRATEGIES, value="auto", tooltip=STRATEGY_HELP)
+        self.strategy = ComboBox(label="Prompts", choices=STRATEGIES, value="auto", tooltip=STRATEGY_HELP)
         self.store = FileEdit(label="Embedding store", mode="d", nullable=True, value=None, tooltip=STORE_HELP)
         self.params: dict[str, SpinBox | FloatSpinBox | ComboBox] = {}
         for name, p in AMG_PARAMETERS.items():

@@ -40,7 +40,7 @@ from ..preprocess import as_rgb
 from . import amg
 from .amg import Cancelled, MaskRecords
 from .edges import MaskLogits
-from .parameters import DEFAULT_MAX_WINDOWS
+from .parameters import DEFAULT_MAX_WINDOWS, STRATEGIES
 
 #: Logit threshold of a mask (Meta's ``Sam.mask_threshold``).
 MASK_THRESHOLD = 0.0
@@ -49,7 +49,6 @@ MASK_THRESHOLD = 0.0
 _UPSAMPLE_BYTES = 32 * 2**20
 #: Bytes of int32 labels per connected-components call in small-region removal.
 _LABEL_BYTES = 128 * 2**20
-STRATEGIES = ("auto", "points", "boxes")
 
 
 @dataclass

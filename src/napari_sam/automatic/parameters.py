@@ -16,6 +16,11 @@ from ..errors import PromptError
 from .proposals import POLARITIES
 
 
+#: Automatic prompts: auto (by the model: point grid for SAM, box proposals for box-only models),
+#: Meta's point grid, or box proposals.
+STRATEGIES = ("auto", "points", "boxes")
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One parameter of :func:`~napari_sam.automatic.generate_masks`.
