@@ -290,7 +290,8 @@ def bench_box_prompt(quick: bool) -> list[dict]:
         "ours": lambda: ours.predict(box=box, multimask=False),
     }
     times = interleaved(calls, 15 if quick else 40, warmup=2)
-    iou = mask_iou(ours.predict(box=box, multimask=False).masks[0], official.predict(box=box, multimask_output=False)[0][0])
+    iou = mask_iou(ours.predict(box=box, multimask=False).masks[0],
+                   official.predict(box=box, multimask_output=False)[0][0])
     return [
         dict(variant="official", ms=1000 * times["official"]),
         dict(variant="ours", ms=1000 * times["ours"], agreement=f"mask IoU {iou:.4f} (same embedding input)"),
@@ -500,7 +501,8 @@ def table(rows: list[dict], info: dict, markdown: bool) -> str:
         return "\n".join(out)
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([title, fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*l) for l in lines])
+    rule = fmt.format(*("-" * w for w in widths))
+    return "\n".join([title, fmt.format(*header), rule] + [fmt.format(*line) for line in lines])
 
 
 def main(argv: list[str] | None = None) -> int:

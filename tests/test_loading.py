@@ -10,8 +10,8 @@ import torch
 from napari_sam import load_model
 from napari_sam.errors import CheckpointError, UnknownModelError
 from napari_sam.loading import detect_architecture, read_state_dict
-from napari_sam.weights import embedded_weights_path
 from napari_sam.registry import get_spec
+from napari_sam.weights import embedded_weights_path
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from reference import official_segment_anything
 from skimage import data
 from skimage.transform import resize
 from torch import nn
@@ -26,7 +27,6 @@ from napari_sam.models.mask_decoder import MaskDecoder
 from napari_sam.models.prompt_encoder import PromptEncoder
 from napari_sam.models.transformer import TwoWayTransformer
 from napari_sam.registry import get_spec
-from reference import official_segment_anything
 
 RTOL = 1e-4
 SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)

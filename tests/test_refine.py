@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from coins_reference import box_xyxy, coin_masks
 from scipy import ndimage
 
-from coins_reference import box_xyxy, coin_masks
 from napari_sam import load_model
 from napari_sam.automatic.box_strategy import segment_everything_with_boxes
 from napari_sam.automatic.proposals import propose_boxes

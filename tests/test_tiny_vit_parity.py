@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import official_lite_medsam_tinyvit, official_mobile_sam
 from skimage import data
 from skimage.transform import resize
 
 from napari_sam.errors import ImageError
 from napari_sam.models import tiny_vit
 from napari_sam.models.tiny_vit import TinyViT
-from reference import official_lite_medsam_tinyvit, official_mobile_sam
 
 RTOL = 1e-4
 

@@ -244,8 +244,8 @@ def test_a_short_run_teaches_the_default_model_to_click(trained):
 def test_the_result_is_a_registered_model_in_the_official_layout(trained, monkeypatch):
     from napari_sam import Predictor, list_models, load_model
     from napari_sam.loading import read_state_dict
-    from napari_sam.weights import embedded_weights_path
     from napari_sam.registry import get_spec
+    from napari_sam.weights import embedded_weights_path
 
     result, _, folder = trained
     monkeypatch.setenv("NAPARI_SAMKIT_MODELS", str(folder))

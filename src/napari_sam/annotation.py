@@ -150,7 +150,8 @@ def spatial_shape(data_shape: Sequence[int], rgb: bool = False, channel_axis: in
             raise ImageError(f"channel_axis={channel_axis} does not exist for data of shape {tuple(data_shape)}.")
         shape.pop(channel_axis % len(shape))
     if len(shape) < 2:
-        raise ImageError(f"Image data of shape {tuple(data_shape)} has fewer than two spatial axes; nothing to segment.")
+        raise ImageError(f"Image data of shape {tuple(data_shape)} has fewer than two spatial axes; nothing to "
+                         "segment.")
     return tuple(shape)
 
 
@@ -404,7 +405,8 @@ def commit_masks(
         label_plane: ``H x W`` integer labels (0 = background); not modified.
         masks: ``K x H x W`` bool, one mask per object (``H x W`` for one object).
         mode: ``"fill_background"`` (default: existing labels stay, objects fill the
-            unlabelled pixels, without slivers: see :func:`drop_fragments`), ``"keep"`` (an object touching any existing label is
+            unlabelled pixels, without slivers: see :func:`drop_fragments`), ``"keep"`` (an object
+            touching any existing label is
             not written at all) or ``"overwrite"`` (objects replace existing labels).
             Among the new objects the first wins overlaps, except in overwrite mode
             where later objects win.

@@ -186,7 +186,8 @@ def window_groups(
         if current:
             alone = call_cost + tokens(decoding_window(boxes[[index]], image_size, grid))
             before = call_cost + len(current) * tokens(decoding_window(boxes[current], image_size, grid))
-            merged = call_cost + (len(current) + 1) * tokens(decoding_window(boxes[current + [index]], image_size, grid))
+            window = decoding_window(boxes[current + [index]], image_size, grid)
+            merged = call_cost + (len(current) + 1) * tokens(window)
             if merged > before + alone:
                 groups.append(current)
                 current = []
@@ -222,7 +223,10 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Element-wise IoU of two ``B x 4`` box arrays (x0, y0, x1, y1)."""
     wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    area = lambda box: (box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)
+
+    def area(box):
+        return (box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)
+
     return inter / (area(a) + area(b) - inter).clamp(min=1e-6)
 
 

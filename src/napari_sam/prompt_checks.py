@@ -43,7 +43,8 @@ def check_boxes(boxes, shape: tuple[int, int]) -> np.ndarray:
         raise PromptError("No boxes were given; give at least one (x0, y0, x1, y1) box.")
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(1))[0])
-        raise PromptError(f"Box {bad} has a NaN or infinite coordinate ({array[bad].tolist()}); coordinates must be finite.")
+        raise PromptError(f"Box {bad} has a NaN or infinite coordinate ({array[bad].tolist()}); coordinates must "
+                          "be finite.")
     lo = np.minimum(array[:, :2], array[:, 2:])
     hi = np.maximum(array[:, :2], array[:, 2:])
     h, w = shape
@@ -80,7 +81,8 @@ def check_points(points, labels) -> tuple[np.ndarray, np.ndarray]:
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise PromptError(
             f"Points are an N x 2 array of (x, y) pixel coordinates; got shape {coords.shape}"
-            + (" (transpose it if it holds x in one row and y in the other)." if coords.ndim == 2 and coords.shape[0] == 2 else ".")
+            + (" (transpose it if it holds x in one row and y in the other)."
+               if coords.ndim == 2 and coords.shape[0] == 2 else ".")
         )
     if not np.isfinite(coords).all():
         raise PromptError("Point coordinates must be finite numbers (found NaN or infinity).")

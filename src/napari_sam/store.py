@@ -94,7 +94,8 @@ class EmbeddingStore:
         cache: memory cache in front of the disk (default: a new bounded one).
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False,
+                 cache: EmbeddingCache | None = None) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -134,7 +135,8 @@ class EmbeddingStore:
                 raise self._mismatch(self._attributes, wanted)
             return
         if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"{self.path} is a file, not an embedding store; give a folder (it is created if missing).")
+            raise StoreError(f"{self.path} is a file, not an embedding store; give a folder (it is created if "
+                             "missing).")
         existing = read_store_attributes(self.path)
         if existing is None and self.path.is_dir() and any(self.path.iterdir()):
             raise StoreError(
@@ -162,7 +164,8 @@ class EmbeddingStore:
         lines.append("Give a new folder for this image and model (one store per image, model and precision), "
                      "or overwrite the store (overwrite=True; samkit embed --overwrite) to start it afresh.")
         if "precision" in differ:
-            lines.append(f"Or ask for the store's precision ({existing.get('precision')}: precision=... / --precision).")
+            lines.append(f"Or ask for the store's precision ({existing.get('precision')}: precision=... / "
+                         "--precision).")
         return StoreMismatchError("\n".join(lines))
 
     # ------------------------------------------------------------------ entries

@@ -111,9 +111,8 @@ def _propagate_boxes(stack, model, boxes, precision, propagation, store, progres
     predictor = Predictor(model, precision=precision, cache=cache)
     store_object = None
     if store is not None:
-        from .store import open_in_folder
-
         from .precision import resolve_precision
+        from .store import open_in_folder
 
         store_object, _ = open_in_folder(store, stack.data, model, resolve_precision(precision, model.spec), "stack")
     objects, ids = [], []

@@ -54,7 +54,8 @@ class FolderRun(Container):
                               tooltip="A local Dask cluster runs one worker process per image at a time; a scheduler "
                                       "address (tcp://host:8786) sends the images to that cluster, whose workers must "
                                       "see both folders.")
-        self.workers = SpinBox(label="Workers", value=2, min=1, max=64, tooltip="Worker processes of the local cluster.")
+        self.workers = SpinBox(label="Workers", value=2, min=1, max=64,
+                               tooltip="Worker processes of the local cluster.")
         self.address = LineEdit(label="Scheduler", value="", tooltip="The Dask scheduler's address, e.g. "
                                                                    "tcp://10.0.0.5:8786.")
         self.run_button = PushButton(text="Segment folder")

@@ -10,7 +10,6 @@ waiting request is kept, so scrolling through a stack does not queue every slice
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 

@@ -175,7 +175,8 @@ class StackTools:
             self._correcting = None
             if self.axis != stack.axis:
                 self.discard()
-        self._start(_propagate, stack, a.predictor.model, a.predictor.precision, bool(self.zoom.value), a.cache, a._store_in_use(), index,
+        self._start(_propagate, stack, a.predictor.model, a.predictor.precision, bool(self.zoom.value), a.cache,
+                    a._store_in_use(), index,
                     masks, logits, ids, directions, self._settings(), self._on_progress, self._cancel.is_set,
                     desc="Segment through stack", on_return=lambda result: self._on_propagated(stack, result))
 

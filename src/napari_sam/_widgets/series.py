@@ -25,10 +25,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..errors import ImageError, SamkitError
 from ..registry import DEFAULT_MODEL
 from ..series import ImageSeries, PreparedImage, channel_axis_of
-from .annotator import AnnotatorWidget
 from ._controls import on_undock
 from ._jobs import Lifetime, start_worker, stop_jobs_on_exit
 from ._report import error_message
+from .annotator import AnnotatorWidget
 
 #: Action -> viewer key binding (none of them is used by the annotator or by napari).
 SERIES_KEYS = {"next": "Shift-N", "previous": "Shift-B"}

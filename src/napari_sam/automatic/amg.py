@@ -22,7 +22,6 @@ import torch
 
 from ..errors import Cancelled, SamkitError  # noqa: F401 - Cancelled is re-exported here
 
-
 # --------------------------------------------------------------------- point grids
 
 
@@ -359,7 +358,7 @@ class MaskRecords:
     def keys(self):
         return self._columns.keys()
 
-    def filter(self, keep: torch.Tensor | np.ndarray) -> "MaskRecords":
+    def filter(self, keep: torch.Tensor | np.ndarray) -> MaskRecords:
         """Keep rows in place; ``keep`` is ``N`` bool or int indices. Returns self."""
         keep_t = torch.as_tensor(keep)
         keep_np = keep_t.cpu().numpy()
@@ -370,7 +369,7 @@ class MaskRecords:
                 self._columns[key] = value[keep_np]
         return self
 
-    def cat(self, other: "MaskRecords") -> "MaskRecords":
+    def cat(self, other: MaskRecords) -> MaskRecords:
         """Append the rows of ``other`` (same columns, or self empty). Returns self."""
         if not self._columns:
             self._columns = dict(other._columns)
@@ -384,7 +383,7 @@ class MaskRecords:
         return self
 
     @staticmethod
-    def concat(parts: Sequence["MaskRecords"]) -> "MaskRecords":
+    def concat(parts: Sequence[MaskRecords]) -> MaskRecords:
         """All rows of ``parts``, in order, in one concatenation per column."""
         parts = [p for p in parts if len(p.keys())]
         if not parts:

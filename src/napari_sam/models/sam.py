@@ -29,7 +29,7 @@ class SamModel(nn.Module):
         image_encoder: nn.Module,
         prompt_encoder: nn.Module,
         mask_decoder: nn.Module,
-        spec: "ModelSpec",
+        spec: ModelSpec,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder

@@ -20,7 +20,6 @@ from ..errors import TrainingError
 from ..files import LABEL_SUFFIXES, beside, expand_inputs
 
 
-
 @dataclass(frozen=True)
 class TrainingImage:
     """One annotated 2D plane.
@@ -138,7 +137,8 @@ def load_training_images(
         else:
             label_paths = expand_inputs(labels)
         if len(label_paths) != len(image_paths):
-            raise TrainingError(f"Got {len(image_paths)} images but {len(label_paths)} label images; give one per image.")
+            raise TrainingError(f"Got {len(image_paths)} images but {len(label_paths)} label images; give one per "
+                                "image.")
         pairs = [(str(p), read_image(p), read_image(q)) for p, q in zip(image_paths, label_paths)]
     out = []
     for name, image, label_image in pairs:
