@@ -21,7 +21,7 @@ from napari_sam.annotation import (
 )
 from napari_sam.errors import ImageError
 from napari_sam.interactive import RefinementMemory, predict_objects
-from napari_sam.predictor import Prediction
+from napari_sam.predictor import RegionPrediction
 from napari_sam.registry import get_spec
 
 # ----------------------------------------------------------------------- planes
@@ -227,14 +227,17 @@ class _RecordingPredictor:
         self.spec = spec
         self.calls = []
 
-    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=None):
+    large = False
+    image_shape = (8, 8)
+
+    def predict_regions(self, points=None, labels=None, box=None, mask_input=None, multimask=None):
         self.calls.append(dict(points=points, box=box, mask_input=mask_input, multimask=multimask))
         boxes = np.atleast_2d(box) if box is not None else np.zeros((1, 4))
         c = 1 if multimask is False or not self.spec.multimask else 3
-        masks = np.zeros((len(boxes), c, 8, 8), bool)
-        masks[:, :, 0, 0] = True
-        result = Prediction(masks, np.full((len(boxes), c), 0.5), np.full((len(boxes), c, 256, 256), 1.0))
-        return result if box is not None and np.ndim(box) == 2 else Prediction(*(a[0] for a in result))
+        masks = np.zeros((c, 8, 8), bool)
+        masks[:, 0, 0] = True
+        return [RegionPrediction(masks, np.full(c, 0.5), np.full((c, 256, 256), 1.0), (0, 0, 8, 8))
+                for _ in boxes]
 
 
 def test_predict_objects_batches_boxes_and_feeds_back_logits():

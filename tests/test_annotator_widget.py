@@ -179,8 +179,8 @@ def test_points_toggle_ambiguity_and_refinement(open_annotator, points_model, co
     assert widget.controls.point_label.text.startswith("Next click: negative")
     calls = []
     widget.last_preview_seconds = 0.0  # on the GUI thread, where the spy below can see it
-    predict = widget.predictor.predict
-    widget.predictor.predict = lambda **kw: calls.append(kw) or predict(**kw)
+    predict = widget.predictor.predict_regions
+    widget.predictor.predict_regions = lambda **kw: calls.append(kw) or predict(**kw)
     widget.points_layer.add(centre + [60, 0])
     widget.wait_until_ready()
     assert widget.points_layer.features["label"].tolist() == ["positive", "negative"]
@@ -405,7 +405,8 @@ def test_plugin_menu_opens_the_annotator_on_the_sample(make_napari_viewer):
     assert widget.predictor.spec.name == "lite_medsam" and widget.image_layer.name == "coins"
     widget.add_boxes([13, 302, 74, 367])
     assert widget.commit() == [1]
-    assert 2000 < (viewer.layers["SAM labels"].data == 1).sum() < 3500  # one coin: 2,604 pixels in the watershed reference
+    # one coin: 2,604 pixels in the watershed reference
+    assert 2000 < (viewer.layers["SAM labels"].data == 1).sum() < 3500
 
 
 CLOSE_AFTER_A_STACK = """

@@ -12,7 +12,7 @@ from skimage import draw
 from napari_sam.automatic import Cancelled, generate_masks
 from napari_sam.automatic import planes as P
 from napari_sam.automatic.parameters import AMG_PARAMETERS
-from napari_sam.errors import ImageError, PromptError, SamkitError
+from napari_sam.errors import ImageError, PromptError
 
 
 def rectangle(r0, c0, r1, c1, lead=()):
@@ -157,11 +157,11 @@ def fake_planes(monkeypatch):
     """Replace the model call: plane k of the stack gets objects 1..k+1 (a square each)."""
     calls = []
 
-    def segment_plane(request, model, plane, image, progress, cancel, store=None, key=None):
+    def segment_plane(request, model, plane, source, progress, cancel, store=None, key=None):
         calls.append(plane)
         progress(1, 2)
-        out = np.zeros(image.shape[:2], np.uint32)
-        for k in range(int(image.max()) + 1):
+        out = np.zeros(source.shape, np.uint32)
+        for k in range(int(source.data.max()) + 1):
             out[2 * k : 2 * k + 2, :2] = k + 10  # ids 10.. (not sequential) must be renumbered
         return out
 

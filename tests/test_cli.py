@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 import tifffile
+from coins_reference import box_xyxy, coin_masks, iou
 from PIL import Image
 
-from coins_reference import box_xyxy, coin_masks, iou
 from napari_sam.cli import main
 
 

@@ -27,6 +27,7 @@ SAMPLES = ("coins", "cell", "immunohistochemistry", "astronaut", "camera", "hubb
 
 def _parser() -> argparse.ArgumentParser:
     from .automatic.parameters import STRATEGIES
+    from .tiles import TILING_PARAMETERS
 
     parser = argparse.ArgumentParser(
         prog="samkit",
@@ -101,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                               "its workers must see the input and output folders")
     segment.add_argument("--threads", type=int,
                          help="torch CPU threads per image (default: all cores; with --workers, cores / workers)")
-    segment.add_argument("--model", default="lite_medsam", help="registry name or checkpoint path (default: lite_medsam)")
+    segment.add_argument("--model", default="lite_medsam",
+                         help="registry name or checkpoint path (default: lite_medsam)")
     segment.add_argument("--model-type", help="architecture of a checkpoint file (detected if not given)")
     segment.add_argument("--mode", choices=("auto", "prompts"), help="default: prompts if any are given, else auto")
     segment.add_argument("--boxes", help="CSV of x0,y0,x1,y1 rows (pixels); row i becomes label i+1. Batch: one "
@@ -151,11 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--channel-axis", type=int, help="axis of each plane that holds channels")
     embed.add_argument("--channels", help="comma-separated channel indices to use (1 to 3)")
     embed.add_argument("--overwrite", action="store_true", help="discard what the store holds and start afresh")
+    embed.add_argument("--tile", type=int, default=0, help="2D images larger than one tile: also embed every tile "
+                                                           "(" + TILING_PARAMETERS["tile"].help + ")")
+    embed.add_argument("--halo", type=int, default=0, help=TILING_PARAMETERS["halo"].help)
     embed.add_argument("--device", help="torch device (default: cpu)")
     embed.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     from .automatic.parameters import AMG_PARAMETERS
-
     from .linking import LINKING_PARAMETERS
     from .propagation import PROPAGATION_PARAMETERS
 
@@ -166,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
         for name, p in table.items():
             stack_group.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix.replace("-", "_") + name,
                                      type=p.kind, default=p.default, help=f"{p.help} (default {p.default:g})")
+    tiling = segment.add_argument_group("large images (tiles), automatic mode")
+    for name, p in TILING_PARAMETERS.items():
+        tiling.add_argument("--" + name, type=p.kind, default=p.default, help=p.tooltip)
     group = segment.add_argument_group("automatic segmentation parameters (Meta's defaults)")
     for name, p in AMG_PARAMETERS.items():
         where = "" if p.used_by("points") else "; box proposals only"
@@ -301,27 +308,41 @@ def _cmd_embed(args) -> int:
 
     from .embed import compute_embeddings, plane_layout
     from .embedding import EmbeddingKey, image_signature, plane_view
-    from .io import read_image
+    from .io import open_image
     from .loading import load_model
     from .precision import resolve_precision
+    from .source import PlaneSource
     from .store import EmbeddingStore
+    from .tiles import TileGrid, check_tiling
 
     started = time.perf_counter()
-    image = read_image(args.image)
+    check_tiling(args.tile, args.halo)
+    image = open_image(args.image)
     prep = _channels(args)
-    leading = plane_layout(image.shape, channel_axis=prep["channel_axis"])
+    first = image[0] if isinstance(image, list) else image
+    leading = plane_layout(first.shape, channel_axis=prep["channel_axis"])
     planes = _parse_planes(args.planes, leading)
-    _say(args.quiet, f"image {args.image}: {image.shape} {image.dtype}"
+    _say(args.quiet, f"image {args.image}: {first.shape} {first.dtype}"
                      + (f", {len(planes) if planes else int(np.prod(leading))} plane(s)" if leading else ""))
     model = load_model(args.model, model_type=args.model_type, device=args.device)
     precision = resolve_precision(args.precision, model.spec)
-    key = EmbeddingKey.create(image_signature(image), model, precision,
-                              view=plane_view(channel_axis=prep["channel_axis"], channels=prep.get("channels")))
+    view = plane_view(channel_axis=prep["channel_axis"], channels=prep.get("channels"))
+    if leading:
+        key = EmbeddingKey.create(image_signature(first), model, precision, view=view)
+        embeddings = dict(image=first, planes=planes, **prep)
+    else:  # a 2D image of any size: the whole image (its overview when large), then every tile
+        source = PlaneSource(image, prep["channel_axis"], prep.get("channels"))
+        key = EmbeddingKey.create(source.signature, model, precision, view=source.view)
+        grid = TileGrid.for_model(source.shape, model.spec, args.tile, args.halo)
+        windows = [None] + ([] if grid.single else grid.windows)
+        if not grid.single:
+            _say(args.quiet, f"{len(grid)} tiles of {grid.tile} px with a {grid.halo} px halo, and the whole image")
+        embeddings = dict(image=source, windows=windows)
     store = EmbeddingStore.open(args.store, key, overwrite=args.overwrite)
     _say(args.quiet, f"model {model.spec.name} ({precision} image encoder), store {args.store}")
     count = 0
-    for _ in compute_embeddings(model, image, planes=planes, store=store, precision=precision,
-                                progress=_progress(args.quiet, "embeddings"), **prep):
+    for _ in compute_embeddings(model, store=store, precision=precision, key=key if not leading else None,
+                                progress=_progress(args.quiet, "embeddings"), **embeddings):
         count += 1
     _say(args.quiet, f"{count} embedding(s) in {args.store}: {store.writes} computed, {count - store.writes} were "
                      f"already there, in {time.perf_counter() - started:.1f} s")
@@ -342,7 +363,8 @@ def _segment_settings(args):
         channels=prep.get("channels"), axes=args.axes, through=args.through,
         amg={name: getattr(args, name) for name in AMG_PARAMETERS},
         linking={name: getattr(args, "link_" + name) for name in LINKING_PARAMETERS},
-        propagation={name: getattr(args, "propagate_" + name) for name in PROPAGATION_PARAMETERS})
+        propagation={name: getattr(args, "propagate_" + name) for name in PROPAGATION_PARAMETERS},
+        tile=args.tile or None, halo=args.halo or None)
 
 
 def _is_batch(args) -> bool:
@@ -350,12 +372,15 @@ def _is_batch(args) -> bool:
     from pathlib import Path
 
     from .files import LIST_SUFFIXES
+    from .io import LABEL_SUFFIXES
 
     if len(args.images) > 1 or args.dask or args.workers:
         return True
     only, output = Path(args.images[0]), Path(args.output)
-    return (only.is_dir() or any(ch in args.images[0] for ch in "*?[") or only.suffix.lower() in LIST_SUFFIXES
-            or (output.suffix.lower() not in (".tif", ".tiff") and (output.is_dir() or not output.suffix)))
+    zarr_image = only.suffix.lower() == ".zarr"  # a folder that is one image
+    return ((only.is_dir() and not zarr_image) or any(ch in args.images[0] for ch in "*?[")
+            or only.suffix.lower() in LIST_SUFFIXES
+            or (output.suffix.lower() not in LABEL_SUFFIXES and (output.is_dir() or not output.suffix)))
 
 
 def _cmd_segment(args) -> int:
@@ -463,7 +488,8 @@ def _cmd_train(args) -> int:
 
     settings = from_arguments(args)
     images = load_training_images(args.images if len(args.images) > 1 else args.images[0],
-                                  None if not args.labels else (args.labels if len(args.labels) > 1 else args.labels[0]))
+                                  None if not args.labels
+                                  else (args.labels if len(args.labels) > 1 else args.labels[0]))
     validation = None
     if args.val_images:
         validation = load_training_images(
@@ -498,7 +524,8 @@ def _cmd_train(args) -> int:
         signal.signal(signal.SIGINT, previous)
         reporter.close()
     best, first = result.best, result.history[0]
-    _say(args.quiet, f"{result.stopped}: saved model {result.name!r} (epoch {result.best_epoch}) to {result.checkpoint}")
+    _say(args.quiet,
+         f"{result.stopped}: saved model {result.name!r} (epoch {result.best_epoch}) to {result.checkpoint}")
     if result.history[-1]["objects"]:
         _say(args.quiet, f"validation IoU from a box {first['box_iou']:.3f} -> {best['box_iou']:.3f}, "
                          f"from one click {first['click_iou']:.3f} -> {best['click_iou']:.3f}")

@@ -97,11 +97,14 @@ def compute_embeddings(
         model: a loaded :class:`~napari_sam.models.sam.SamModel`.
         image: a 2D image (``H x W``, ``H x W x 3|4``, ``H x W x C`` with
             ``channel_axis``) or a stack of them (``... x H x W[ x C]``): numpy, dask,
-            zarr or anything that slices; only the planes needed are read.
+            zarr or anything that slices; only the planes needed are read. Or a
+            :class:`~napari_sam.source.PlaneSource` (one plane, read window by window:
+            large images).
         planes: indices along the stack's leading axes (default: every plane; a 2D
             image has the one plane ``()``).
         windows: ``(x0, y0, x1, y1)`` pixel windows of each plane to embed (the
-            window is cut out and resized to the encoder input); None: the whole plane.
+            window is cut out and resized to the encoder input); None: the whole plane
+            (with a :class:`~napari_sam.source.PlaneSource`, None may also be an entry).
         store: an :class:`~napari_sam.store.EmbeddingStore` to read from and write to.
         cache: memory cache (default: the store's, else none).
         precision: encoder precision (None: the configured default; see
@@ -110,7 +113,9 @@ def compute_embeddings(
         cancel: a callable or :class:`threading.Event`, checked before every
             computation; True raises :class:`~napari_sam.errors.Cancelled`.
         key: when ``image`` is one plane taken out of a larger image, that plane's
-            key (its image signature, plane and view are used; ``planes`` must be None).
+            key (its image signature, plane and view are used; ``planes`` must be None);
+            when ``image`` is a window of that plane (a tile), ``key.window`` says
+            where: ``windows`` are then relative to ``image`` and keyed in plane pixels.
         channel_axis, channels: how a plane becomes RGB (see
             :func:`~napari_sam.preprocess.as_rgb`); ``channel_axis`` is an axis of the plane.
         rgb: the last axis holds channels (default: guessed, see :func:`plane_layout`).
@@ -127,7 +132,10 @@ def compute_embeddings(
         ImageError, PromptError: planes or windows outside the image.
     """
     from .precision import resolve_precision
+    from .source import PlaneSource
 
+    if isinstance(image, PlaneSource):
+        return _from_source(model, image, windows, store, cache, precision, progress, cancel, key)
     shape = tuple(int(s) for s in image.shape)
     if rgb_ready:
         rgb, channel_axis, channels = True, None, None
@@ -149,7 +157,7 @@ def compute_embeddings(
 
     resolved = resolve_precision(precision, model.spec)
     if key is not None:
-        base = EmbeddingKey.create(key.image, model, resolved, plane=key.plane, view=key.view)
+        base = EmbeddingKey.create(key.image, model, resolved, plane=key.plane, window=key.window, view=key.view)
     else:
         view = plane_view(channel_axis=channel_axis, channels=channels)
         base = EmbeddingKey.create(image_signature(image), model, resolved, view=view)
@@ -170,10 +178,8 @@ def _iterate(model, image, base, planes, windows, one_plane, store, memory, prog
     for plane in planes:
         rgb = None
         for window in windows:
-            key = base.at(plane=base.plane if one_plane else plane, window=window)
-            embedding = memory.get(key) if memory is not None else None
-            if embedding is None and store is not None:
-                embedding = store.get(key)
+            key = base.at(plane=base.plane if one_plane else plane, window=_in_plane(window, base.window))
+            embedding = _lookup(key, store, memory)
             if embedding is None:
                 if is_cancelled is not None and is_cancelled():
                     raise Cancelled(f"Embedding was cancelled after {done} of {total}.")
@@ -185,20 +191,85 @@ def _iterate(model, image, base, planes, windows, one_plane, store, memory, prog
                                                                        channels=channels)
                 crop = rgb if window is None else rgb[window[1]:window[3], window[0]:window[2]]
                 embedding = replace(embed_image(model, np.ascontiguousarray(crop), precision=key.precision), key=key)
-                if store is not None:
-                    store.put(embedding)
-                if memory is not None and (store is None or memory is not store.cache):
-                    memory.put(key, embedding)
-            elif memory is not None:
-                memory.put(key, embedding)
+                _keep(embedding, store, memory)
             done += 1
             if progress is not None:
                 progress(done, total)
             yield embedding
 
 
+def _in_plane(window: Window | None, origin: Window | None) -> Window | None:
+    """A window of an image that is itself the window ``origin`` of a plane, in plane pixels."""
+    if origin is None:
+        return window
+    if window is None:
+        return origin
+    x0, y0 = origin[:2]
+    return (window[0] + x0, window[1] + y0, window[2] + x0, window[3] + y0)
+
+
+def _from_source(model, source, windows, store, cache, precision, progress, cancel, key) -> Iterator[ImageEmbedding]:
+    """:func:`compute_embeddings` of windows of a :class:`~napari_sam.source.PlaneSource` (read one at a time)."""
+    from .precision import resolve_precision
+
+    h, w = source.shape
+    window_list = [None] if windows is None else [None if win is None else _check_window(win, (h, w))
+                                                  for win in windows]
+    resolved = resolve_precision(precision, model.spec)
+    if key is not None:  # (key.window: the source is that window of the plane, as for arrays)
+        base = EmbeddingKey.create(key.image, model, resolved, plane=key.plane, window=key.window, view=key.view)
+    else:
+        base = EmbeddingKey.create(source.signature, model, resolved, view=source.view)
+    if store is not None:
+        store.bind(base)
+    memory = cache if cache is not None else (store.cache if store is not None else None)
+    return _iterate_source(model, source, base, window_list, store, memory, progress, _cancel_check(cancel))
+
+
+def _iterate_source(model, source, base, windows, store, memory, progress, is_cancelled) -> Iterator[ImageEmbedding]:
+    from .inference import embed_image
+
+    for done, window in enumerate(windows):
+        key = base.at(plane=base.plane, window=_in_plane(window, base.window))
+        embedding = _lookup(key, store, memory)
+        if embedding is None:
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled(f"Embedding was cancelled after {done} of {len(windows)}.")
+            if window is None and source.large:
+                pixels = source.overview(model.spec.image_size)
+            else:
+                pixels = source.rgb(window)
+            embedding = embed_image(model, np.ascontiguousarray(pixels), precision=key.precision)
+            if window is None:  # an overview stands for the whole plane
+                embedding = replace(embedding, original_size=source.shape)
+            embedding = replace(embedding, key=key)
+            _keep(embedding, store, memory)
+        if progress is not None:
+            progress(done + 1, len(windows))
+        yield embedding
+
+
+def _lookup(key: EmbeddingKey, store, memory) -> ImageEmbedding | None:
+    """An embedding from memory, else from the store (then kept in memory too), else None."""
+    embedding = memory.get(key) if memory is not None else None
+    if embedding is None and store is not None:
+        embedding = store.get(key)
+        if embedding is not None and memory is not None:
+            memory.put(key, embedding)
+    return embedding
+
+
+def _keep(embedding: ImageEmbedding, store, memory) -> None:
+    """A computed embedding into the store (at once: a crash keeps it) and memory."""
+    if store is not None:
+        store.put(embedding)
+    if memory is not None and (store is None or memory is not store.cache):
+        memory.put(embedding.key, embedding)
+
+
 def embed_one(model, image, **kwargs) -> ImageEmbedding:
-    """The single embedding of a 2D image (or of one ``planes=[p]`` / ``windows=[w]``) via :func:`compute_embeddings`."""
+    """The single embedding of a 2D image (or of one ``planes=[p]`` / ``windows=[w]``), via
+    :func:`compute_embeddings`."""
     embeddings = list(compute_embeddings(model, image, **kwargs))
     if len(embeddings) != 1:
         raise ImageError(f"Expected one embedding, got {len(embeddings)}; give one plane and at most one window.")

@@ -47,6 +47,8 @@ class SegmentSettings:
         amg, linking, propagation: parameter values by name (missing names take the defaults of
             :data:`~napari_sam.automatic.parameters.AMG_PARAMETERS`, ``LINKING_PARAMETERS``,
             ``PROPAGATION_PARAMETERS``).
+        tile, halo: tiles of large 2D images in the automatic mode (None: the model's defaults,
+            see :mod:`napari_sam.tiles`).
     """
 
     model: str = DEFAULT_MODEL
@@ -63,6 +65,8 @@ class SegmentSettings:
     amg: Mapping = field(default_factory=dict)
     linking: Mapping = field(default_factory=dict)
     propagation: Mapping = field(default_factory=dict)
+    tile: int | None = None
+    halo: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -83,6 +87,7 @@ class SegmentSettings:
         from .linking import check_linking
         from .precision import resolve_precision
         from .propagation import check_propagation
+        from .tiles import check_tiling
 
         resolve_precision(self.precision)
         if self.strategy not in STRATEGIES:
@@ -90,6 +95,7 @@ class SegmentSettings:
         check_table(AMG_PARAMETERS, dict(self.amg), "automatic segmentation parameter")
         check_linking(**self.linking)
         check_propagation(**self.propagation)
+        check_tiling(self.tile, self.halo)
         return self
 
     @property
@@ -195,8 +201,9 @@ class TaskInputs:
     """A task's inputs, read and checked before any model work.
 
     Attributes:
-        image: the image as read (``H x W``, ``H x W x C`` or a stack).
-        rgb: the 2D image as the model's RGB input (None for stacks).
+        image: the image as read (``H x W``, ``H x W x C`` or a stack; a large 2D image as
+            a lazy zarr array, or the list of its pyramid levels).
+        rgb: the 2D image as the model's RGB input (None for stacks and large images).
         mode: ``"auto"`` or ``"prompts"``.
         boxes: ``N x 4`` boxes (2D), or ``(planes or None, boxes)`` for stacks; None without.
         points: ``(coords, labels, objects)`` of a points CSV, or None.
@@ -209,6 +216,13 @@ class TaskInputs:
     boxes: object = None
     points: tuple | None = None
     rough: np.ndarray | None = None
+    source: object = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the (full-resolution) image."""
+        first = self.image[0] if isinstance(self.image, list) else self.image
+        return tuple(int(v) for v in first.shape)
 
 
 def read_inputs(task: ImageTask, settings: SegmentSettings, image: np.ndarray | None = None) -> TaskInputs:
@@ -217,10 +231,10 @@ def read_inputs(task: ImageTask, settings: SegmentSettings, image: np.ndarray | 
     Raises:
         SamkitError: an unreadable file, a stack without ``axes``, prompts that do not fit.
     """
-    from .io import read_boxes_csv, read_image, read_plane_boxes_csv, read_points_csv
+    from .io import open_image, read_boxes_csv, read_image, read_plane_boxes_csv, read_points_csv
 
     if image is None:
-        image = read_image(task.image)
+        image = read_image(task.image) if settings.axes else open_image(task.image)
     rough = read_image(task.labels) if task.labels else None
     mode = resolve_mode(settings, task)
     if settings.axes:
@@ -231,13 +245,17 @@ def read_inputs(task: ImageTask, settings: SegmentSettings, image: np.ndarray | 
         axes, axis, rgb = _stack_axes(image, settings)
         boxes = read_plane_boxes_csv(task.boxes, axes[axis] if axis is not None else None) if task.boxes else None
         return TaskInputs(image, None, mode, boxes, None, rough)
-    from .preprocess import as_rgb
+    from .source import PlaneSource
 
-    check_2d(image, task.image, settings.channel_axis)
-    rgb = as_rgb(image, **settings.preprocessing)
+    check_2d(image[0] if isinstance(image, list) else image, task.image, settings.channel_axis)
+    source = PlaneSource(image, settings.channel_axis, settings.preprocessing.get("channels"))
+    rgb = None if source.large else source.rgb()
+    if rough is not None and tuple(rough.shape) != source.shape:
+        raise PromptError(f"The rough labels {task.labels} are {tuple(rough.shape)} but the image is "
+                          f"{source.shape} (height x width); they must cover the same pixels.")
     boxes = read_boxes_csv(task.boxes) if task.boxes else None
     points = read_points_csv(task.points) if task.points else None
-    return TaskInputs(image, rgb, mode, boxes, points, rough)
+    return TaskInputs(image, rgb, mode, boxes, points, rough, source)
 
 
 def _stack_axes(image: np.ndarray, settings: SegmentSettings) -> tuple[str, int | None, bool]:
@@ -280,74 +298,118 @@ def segment_file(
         inputs = read_inputs(task, settings)
     if settings.axes:
         labels, notes, extra = _segment_stack(task, settings, model, inputs, progress, cancel)
+        written = [*extra, write_labels(task.output, labels)]
+        objects, mean_area = label_figures(labels)
     else:
-        labels, notes, extra = _segment_plane(task, settings, model, inputs, progress, cancel, say)
-    written = [*extra, write_labels(task.output, labels)]
-    objects, mean_area = label_figures(labels)
+        sink, notes, extra = _segment_plane(task, settings, model, inputs, progress, cancel, say)
+        objects, mean_area = label_figures(sink.array)
+        written = [*extra, sink.publish()]
+        _parts_folder(task).exists() and _remove_parts(task)
     return SegmentedImage(objects, mean_area, time.perf_counter() - started, written, notes)
 
 
-def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, say) -> tuple[np.ndarray, list[str], list]:
-    from .automatic.generator import uses_point_grid
-    from .io import overlay_image, write_png
-    from .precision import resolve_precision
+def _parts_folder(task: ImageTask) -> Path:
+    """Where a tiled run keeps its finished tiles until the label image is written (resume)."""
+    return task.output.with_name(f".{task.output.name}.tiles")
 
-    rgb = inputs.rgb
+
+def _remove_parts(task: ImageTask) -> None:
+    import shutil
+
+    shutil.rmtree(_parts_folder(task), ignore_errors=True)
+
+
+def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, say) -> tuple:
+    """A 2D image (any size) -> ``(LabelSink, notes, extra files written)``; nothing is published."""
+    from .automatic.generator import uses_point_grid
+    from .io import LabelSink, overlay_image, write_png
+    from .precision import resolve_precision
+    from .tiles import TileGrid
+
+    source = inputs.source
     grid = inputs.mode == "auto" and inputs.rough is None and uses_point_grid(model, settings.strategy)
     precision = resolve_precision(settings.precision, model.spec, encoder_bound=not grid)
     say(f"model {model.spec.name} ({model.spec.architecture}, {model.spec.image_size} px input, "
         f"{precision} image encoder)")
-    store, key = _open_store(task, settings, inputs.image, model, precision)
+    store, key = _open_store(task, settings, source, model, precision)
     stored = {"store": store, "key": key}
-    if inputs.rough is not None:
-        from .automatic import segment_from_labels
+    sink = LabelSink(task.output, source.shape)
+    notes = []
+    try:
+        if inputs.rough is not None:
+            from .automatic import segment_from_labels
 
-        labels = segment_from_labels(rgb, inputs.rough, model, precision=settings.precision, progress=progress,
-                                     cancel=cancel, **stored, **settings.threshold)
-    elif inputs.mode == "prompts":
-        labels = _segment_prompts(rgb, model, inputs.boxes, inputs.points, settings, progress, cancel, **stored)
-    else:
-        from .automatic import generate_masks, masks_to_labels
+            sink.array[...] = segment_from_labels(source, inputs.rough, model, precision=settings.precision,
+                                                  progress=progress, cancel=cancel, **stored, **settings.threshold)
+        elif inputs.mode == "prompts":
+            sink.array[...] = _segment_prompts(source, model, inputs.boxes, inputs.points, settings, progress,
+                                               cancel, **stored)
+        else:
+            from .automatic.tiled import label_everything
 
-        records = generate_masks(rgb, model, strategy=settings.strategy, precision=settings.precision,
-                                 progress=progress, cancel=cancel, **stored, **settings.amg_values())
-        labels = masks_to_labels(records, shape=rgb.shape[:2])
-    labels = np.asarray(labels)
-    notes = [f"{store.reads} embedding(s) read from {store.path}, {store.writes} computed"] if store else []
-    extra = [write_png(task.overlay, overlay_image(rgb, labels))] if task.overlay else []
-    return labels, notes, extra
+            tiles = TileGrid.for_model(source.shape, model.spec, settings.tile, settings.halo)
+            if not tiles.single:
+                say(f"{len(tiles)} tiles of {tiles.tile} px with a {tiles.halo} px halo ({tiles.rows} x "
+                    f"{tiles.cols}); finished tiles are kept in {_parts_folder(task)} until the labels are written")
+            label_everything(source, model, amg=settings.amg_values(), strategy=settings.strategy,
+                             precision=settings.precision, tile=settings.tile, halo=settings.halo,
+                             output=sink.array, parts=None if tiles.single else _parts_folder(task),
+                             progress=progress, cancel=cancel, **stored)
+        if store:
+            notes.append(f"{store.reads} embedding(s) read from {store.path}, {store.writes} computed")
+        extra = [write_png(task.overlay, _overlay(source, sink.array, overlay_image))] if task.overlay else []
+    except BaseException:
+        sink.discard()
+        raise
+    return sink, notes, extra
 
 
-def _open_store(task: ImageTask, settings: SegmentSettings, image, model, precision: str):
-    """``(store, key)`` of the task's store for a 2D image, or ``(None, None)``."""
+#: Longest side of the overlay picture of a large image (the labels are shown on its overview).
+OVERLAY_SIDE = 4096
+
+
+def _overlay(source, labels, draw) -> np.ndarray:
+    """The overlay picture: full size for an image of usual size, an overview of a large one."""
+    if not source.large:
+        return draw(source.rgb(), np.asarray(labels))
+    picture = source.overview(OVERLAY_SIDE // 2)
+    h, w = source.shape
+    rows = (np.arange(picture.shape[0]) * h // picture.shape[0]).astype(np.int64)
+    cols = (np.arange(picture.shape[1]) * w // picture.shape[1]).astype(np.int64)
+    small = np.stack([np.asarray(labels[int(r), :])[cols] for r in rows]) if not isinstance(labels, np.ndarray) \
+        else labels[np.ix_(rows, cols)]
+    return draw(np.clip(picture, 0, 255).astype(np.uint8) if picture.dtype != np.uint8 else picture, small)
+
+
+def _open_store(task: ImageTask, settings: SegmentSettings, source, model, precision: str):
+    """``(store, key)`` of the task's store for a 2D image (a :class:`~napari_sam.source.PlaneSource`),
+    or ``(None, None)``."""
     if task.store is None:
         return None, None
-    from .embedding import EmbeddingKey, image_signature, plane_view
+    from .embedding import EmbeddingKey
     from .store import EmbeddingStore, store_in_folder
 
-    view = plane_view(channel_axis=settings.channel_axis, channels=settings.preprocessing.get("channels"))
-    key = EmbeddingKey.create(image_signature(image), model, precision, view=view)
+    key = EmbeddingKey.create(source.signature, model, precision, view=source.view)
     path = store_in_folder(task.store, key, task.image.stem) if task.store_is_folder else task.store
     return EmbeddingStore.open(path, key), key
 
 
-def _segment_prompts(rgb, model, boxes, points, settings, progress, cancel, store=None, key=None) -> np.ndarray:
+def _segment_prompts(source, model, boxes, points, settings, progress, cancel, store=None, key=None) -> np.ndarray:
     """Boxes and/or points -> label image, one object per box (row i: label i+1) or per point group."""
     from .predictor import Predictor
 
     if boxes is not None and points is None:
         from .automatic import segment_boxes
 
-        return segment_boxes(rgb, boxes, model, precision=settings.precision, progress=progress, cancel=cancel,
+        return segment_boxes(source, boxes, model, precision=settings.precision, progress=progress, cancel=cancel,
                              store=store, key=key, **settings.threshold)
     from .embed import embed_one
 
     predictor = Predictor(model, precision=settings.precision)
     predictor.store = store  # zoomed windows (small objects) are stored with the image's embedding
-    embedding = embed_one(model, rgb, key=key, store=store, cache=predictor.cache, precision=settings.precision,
-                          rgb_ready=True)
-    predictor.set_embedding(embedding, image=rgb, rgb_ready=True)
-    labels = np.zeros(rgb.shape[:2], np.uint32)
+    embedding = embed_one(model, source, key=key, store=store, cache=predictor.cache, precision=settings.precision)
+    predictor.set_embedding(embedding, image=source)
+    labels = np.zeros(source.shape, np.uint32)
     coords, point_labels, objects = points
     object_ids = np.unique(objects)
     if boxes is not None and (object_ids.min() < 1 or object_ids.max() > len(boxes)):
@@ -357,10 +419,11 @@ def _segment_prompts(rgb, model, boxes, points, settings, progress, cancel, stor
     for object_id in object_ids:
         chosen = objects == object_id
         box = boxes[object_id - 1] if boxes is not None else None
-        prediction = predictor.predict(points=coords[chosen], labels=point_labels[chosen], box=box)
-        best = int(np.argmax(prediction.iou_scores))
-        mask = prediction.masks[best] & (labels == 0)
-        labels[mask] = object_id
+        answer = predictor.predict_regions(points=coords[chosen], labels=point_labels[chosen], box=box)[0]
+        x0, y0, x1, y1 = answer.region
+        view = labels[y0:y1, x0:x1]
+        mask = answer.masks[int(np.argmax(answer.iou_scores))] & (view == 0)
+        view[mask] = object_id
     return labels
 
 

@@ -19,6 +19,9 @@ from .models.transformer import ImageContext
 from .precision import encoder_autocast
 from .preprocess import model_input
 
+#: Pixels sampled at once when logits are put on the image (bounds memory).
+_SAMPLE_PIXELS = 8 * 2**20
+
 
 @torch.inference_mode()
 def embed_image(model: SamModel, rgb: np.ndarray, precision: str | None = None) -> ImageEmbedding:
@@ -228,3 +231,48 @@ def decode_boxes_in_window(
     canvas = logits.new_full((boxes.shape[0], 1, grid * up, grid * up), OUTSIDE_WINDOW_LOGIT)
     canvas[..., r0 * up : r1 * up, c0 * up : c1 * up] = logits
     return canvas, iou
+
+
+def sample_logits(
+    low_res: torch.Tensor, regions: np.ndarray, window, input_size: tuple[int, int], image_size: int
+) -> list[torch.Tensor]:
+    """Bilinear samples of ``B x 1 x 256 x 256`` logits at the pixels of each region.
+
+    Args:
+        low_res: the decoder's logits of ``B`` prompts on the embedding of ``window``.
+        regions: ``B x 4`` integer ``(x0, y0, x1, y1)`` image pixels to sample (inside ``window``).
+        window: ``(x0, y0, x1, y1)`` of the image the embedding saw (the whole image, or a window of it).
+        input_size, image_size: the embedding's (see :class:`~napari_sam.embedding.ImageEmbedding`).
+
+    Returns:
+        ``B`` float tensors ``h_k x w_k``: each region's logits, read straight at its pixels
+        (no full-size mask is ever made, whatever the image's size).
+
+    A window pixel ``(u, v)`` has its centre at input-frame coordinate
+    ``(u + 0.5) * input / window`` (per axis); the low-resolution logits cover the
+    padded ``S x S`` input, so its normalised coordinate is ``2 * that / S - 1``.
+    """
+    wx0, wy0, wx1, wy1 = window
+    sx = input_size[1] / (wx1 - wx0)
+    sy = input_size[0] / (wy1 - wy0)
+    sizes = regions[:, 2:] - regions[:, :2]  # (w, h)
+    rw, rh = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    u = torch.arange(rw, dtype=torch.float32)
+    v = torch.arange(rh, dtype=torch.float32)
+    ox = torch.from_numpy((regions[:, 0] - wx0).astype(np.float32))
+    oy = torch.from_numpy((regions[:, 1] - wy0).astype(np.float32))
+    gx = ((ox[:, None] + u[None] + 0.5) * sx) * (2.0 / image_size) - 1.0  # B x rw
+    gy = ((oy[:, None] + v[None] + 0.5) * sy) * (2.0 / image_size) - 1.0  # B x rh
+    out = []
+    per_chunk = max(1, _SAMPLE_PIXELS // max(1, rw * rh))
+    for start in range(0, regions.shape[0], per_chunk):
+        part = slice(start, start + per_chunk)
+        b = gx[part].shape[0]
+        grid = torch.stack(
+            [gx[part][:, None, :].expand(b, rh, rw), gy[part][:, :, None].expand(b, rh, rw)], dim=-1
+        )
+        sampled = F.grid_sample(low_res[part].float(), grid, mode="bilinear", align_corners=False)
+        for k in range(b):
+            w_k, h_k = sizes[start + k]
+            out.append(sampled[k, 0, :h_k, :w_k])
+    return out

@@ -63,8 +63,10 @@ def predict_objects(predictor, objects: Sequence[ObjectPrompt], memory: Refineme
     coins from 0.95 to 0.90) never get them.
 
     Returns:
-        One :class:`~napari_sam.predictor.Prediction` per object, in order
-        (masks ``C x H x W``, iou_scores ``C``, low_res_logits ``C x 256 x 256``).
+        One :class:`~napari_sam.predictor.RegionPrediction` per object, in order
+        (masks ``C x h x w`` over its ``region``, iou_scores ``C``, low_res_logits
+        ``C x 256 x 256``): the whole plane (``C x H x W``) unless the image is large
+        (:attr:`~napari_sam.predictor.Predictor.large`), where each stays on its region.
     """
     results: list = [None] * len(objects)
     if memory is None or "masks" not in predictor.spec.prompt_types:
@@ -73,19 +75,28 @@ def predict_objects(predictor, objects: Sequence[ObjectPrompt], memory: Refineme
         feedback = [memory.mask_input(o) for o in objects]
     box_only = [i for i, o in enumerate(objects) if o.box is not None and not o.has_points and feedback[i] is None]
     if box_only:
-        batch = predictor.predict(box=np.stack([objects[i].box for i in box_only]))
+        batch = predictor.predict_regions(box=np.stack([objects[i].box for i in box_only]))
         for row, i in enumerate(box_only):
-            results[i] = type(batch)(*(array[row] for array in batch))
+            results[i] = batch[row]
     for i, obj in enumerate(objects):
         if results[i] is not None:
             continue
         points = obj.points if obj.has_points else None
         labels = obj.labels if obj.has_points else None
-        results[i] = predictor.predict(
+        results[i] = predictor.predict_regions(
             points=points,
             labels=labels,
             box=obj.box,
             mask_input=feedback[i],
             multimask=False if feedback[i] is not None else None,
-        )
-    return results
+        )[0]
+    if predictor.large:
+        return results
+    shape = predictor.image_shape
+    return [r.expanded(shape) for r in results]
+
+
+def needs_encoder(predictor, objects: Sequence[ObjectPrompt]) -> bool:
+    """Whether previewing ``objects`` would run the image encoder first (a window not embedded yet)."""
+    return any(predictor.needs_encoder(o.points if o.has_points else None, o.labels if o.has_points else None, o.box)
+               for o in objects)

@@ -55,6 +55,68 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 MEMORY_SHARE = 0.5
 
 
+def open_image(path: str | os.PathLike):
+    """An image file, read whole when small, else opened lazily (its pixels read window by window).
+
+    TIFF files whose planes are large (see :func:`napari_sam.source.is_large`) or too
+    large for memory come back as zarr arrays over the file (``tifffile``'s zarr
+    interface; a pyramidal TIFF as the list of its levels, full resolution first);
+    ``.zarr`` folders (a zarr array, or an OME-Zarr image: its multiscale levels) are
+    always lazy; anything else is :func:`read_image`.
+
+    Raises:
+        InputFileError: for a missing, unreadable or unsupported file.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".zarr":
+        return _open_zarr(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return read_image(path)
+    from .source import is_large
+
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, dtype, levels = series.shape, series.dtype, len(series.levels)
+    except Exception as error:  # noqa: BLE001 - any decoder failure: say which file and why
+        raise InputFileError(f"Cannot read image {path}: {type(error).__name__}: {error}") from None
+    rgb_last = len(shape) == 3 and shape[-1] in (3, 4)
+    plane = shape[-3:-1] if rgb_last else shape[-2:]
+    needed = int(np.prod([int(v) for v in shape], dtype=np.float64)) * np.dtype(dtype).itemsize
+    memory = physical_memory_bytes()
+    if len(plane) == 2 and (is_large(plane) or (memory is not None and needed > MEMORY_SHARE * memory)):
+        import zarr
+
+        arrays = [zarr.open_array(tifffile.imread(path, aszarr=True, level=k), mode="r") for k in range(levels)]
+        return arrays if len(arrays) > 1 else arrays[0]
+    return read_image(path)
+
+
+def _open_zarr(path: Path):
+    """A zarr array, or the levels of an OME-Zarr multiscale image (full resolution first)."""
+    import zarr
+
+    if not path.is_dir():
+        raise InputFileError(f"Image {path} does not exist (a .zarr image is a folder).")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # noqa: BLE001
+        raise InputFileError(f"Cannot open {path} as zarr: {type(error).__name__}: {error}") from None
+    if hasattr(node, "shape"):
+        return node
+    multiscales = dict(node.attrs).get("multiscales") or dict(node.attrs).get("ome", {}).get("multiscales")
+    if multiscales:
+        levels = [node[d["path"]] for d in multiscales[0]["datasets"]]
+        return levels if len(levels) > 1 else levels[0]
+    arrays = [name for name, item in node.members() if hasattr(item, "shape")]
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise InputFileError(f"{path} is a zarr group without multiscales metadata and with {len(arrays)} arrays; "
+                         "give the path of the array itself (e.g. image.zarr/0).")
+
+
 def physical_memory_bytes() -> int | None:
     """The machine's memory in bytes (None where the platform does not say)."""
     try:
@@ -102,8 +164,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     return path
 
 
-#: Suffixes of the files the CLI writes: label images, and pictures (overlays, samples).
-LABEL_SUFFIXES = (".tif", ".tiff")
+#: Suffixes of the files the CLI writes: label images (a TIFF file, or a zarr folder that is
+#: written tile by tile for images whose labels should not be held in memory), and pictures.
+LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -125,7 +188,7 @@ def check_output_path(path: str | os.PathLike, what: str, suffixes: tuple[str, .
         kinds = "/".join(dict.fromkeys(_PIL_FORMATS.get(suffix, suffix[1:].upper()) for suffix in suffixes))
         raise InputFileError(f"{what[0].upper() + what[1:]} is written as {kinds}: give a name ending in "
                              f"{suffixes[0]} (got {path.name}).")
-    if path.is_dir():
+    if path.is_dir() and not (path.suffix.lower() == ".zarr" and not any(path.glob("*.tif*"))):
         raise InputFileError(f"{what[0].upper() + what[1:]}, {path}, is a folder: give a file name, e.g. "
                              f"{path / ('labels' + suffixes[0])}.")
     for other in inputs:
@@ -167,10 +230,72 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     import tifffile
 
     path = check_output_path(path, "the label image", LABEL_SUFFIXES)
+    if path.suffix.lower() == ".zarr":
+        sink = LabelSink(path, np.shape(labels))
+        sink.array[...] = np.asarray(labels)
+        return sink.publish()
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels)
     data = labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
-    return write_atomically(path, lambda part: tifffile.imwrite(part, data, compression="zlib"))
+    tiles = {"tile": (512, 512)} if data.ndim == 2 and data.size > TILED_TIFF_PIXELS else {}
+    return write_atomically(path, lambda part: tifffile.imwrite(part, data, compression="zlib", **tiles))
+
+
+#: Label images with more pixels than this are written as tiled TIFFs (read window by window).
+TILED_TIFF_PIXELS = 4096 * 4096
+#: Side of the chunks of zarr label images.
+ZARR_CHUNK = 1024
+
+
+class LabelSink:
+    """Where a label image is painted, then published under its name at once.
+
+    ``.tif``: a numpy array, written as a TIFF by :meth:`publish`. ``.zarr``: a
+    zarr array in a temporary folder beside ``path``, written as it is painted (the
+    labels never need to fit in memory) and renamed to ``path`` by :meth:`publish`.
+    A sink that is not published leaves nothing under ``path`` (:meth:`discard`).
+
+    Attributes:
+        array: ``H x W`` uint32 (numpy or zarr), all 0 at first.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(v) for v in shape)
+        self.zarr = self.path.suffix.lower() == ".zarr"
+        self._part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        if self.zarr:
+            import shutil
+
+            import zarr
+
+            shutil.rmtree(self._part, ignore_errors=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            chunks = tuple(min(ZARR_CHUNK, s) for s in self.shape)
+            self.array = zarr.create_array(str(self._part), shape=self.shape, chunks=chunks, dtype="uint32",
+                                           fill_value=0)
+        else:
+            self.array = np.zeros(self.shape, np.uint32)
+
+    def publish(self) -> Path:
+        """Put the labels under ``path`` (replacing what was there), atomically."""
+        if not self.zarr:
+            return write_labels(self.path, self.array)
+        import shutil
+
+        old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old")
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self._part, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.path
+
+    def discard(self) -> None:
+        """Remove what was painted (nothing is left under ``path``)."""
+        if self.zarr:
+            import shutil
+
+            shutil.rmtree(self._part, ignore_errors=True)
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -228,7 +353,8 @@ def read_boxes_csv(path: str | os.PathLike) -> np.ndarray:
     return _numeric_table(Path(path), 4, 4, _BOXES)
 
 
-def read_plane_boxes_csv(path: str | os.PathLike, plane_axis: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+def read_plane_boxes_csv(path: str | os.PathLike,
+                         plane_axis: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """Boxes of a stack: rows ``x0,y0,x1,y1``, or ``p,x0,y0,x1,y1`` with a plane column first.
 
     The plane column is recognised by a header naming the axis (``z`` or ``t``, or

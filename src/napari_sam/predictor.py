@@ -12,18 +12,19 @@ import torch
 from . import clicks
 from . import zoom as zooming
 from .embed import Window, embed_one
-from .embedding import EmbeddingCache, EmbeddingKey, ImageEmbedding, image_signature
+from .embedding import EmbeddingCache, EmbeddingKey, ImageEmbedding
 from .errors import PromptError
 from .inference import (
     decode_boxes_in_window,
     decode_prompts,
     logits_to_image,
+    sample_logits,
     to_input_coords,
 )
 from .models.sam import SamModel
-from .preprocess import as_rgb
 from .prompt_checks import check_boxes, check_mask_input, check_points
-
+from .source import PlaneSource
+from .tiles import TILE_PROMPTS_ABOVE, TileGrid
 
 #: Side of the low-resolution logits the decoder returns (and accepts as mask_input).
 LOW_RES_SIDE = 256
@@ -44,6 +45,36 @@ class Prediction(NamedTuple):
     low_res_logits: np.ndarray
 
 
+#: Bytes of full-size masks :meth:`Predictor.predict` makes at most (beyond: :meth:`Predictor.predict_regions`).
+FULL_MASK_BYTES = 2**30
+
+
+class RegionPrediction(NamedTuple):
+    """The masks of one object on a region of the image: how large images are answered.
+
+    Attributes:
+        masks: ``C x h x w`` bool masks over ``region``.
+        iou_scores: ``C`` predicted IoU (or, for clicks on a box-only model, the search's scores).
+        low_res_logits: ``C x 256 x 256`` logits to feed back as ``mask_input``.
+        region: ``(x0, y0, x1, y1)`` pixels of the image the masks cover (ends exclusive);
+            every mask pixel outside it is False.
+    """
+
+    masks: np.ndarray
+    iou_scores: np.ndarray
+    low_res_logits: np.ndarray
+    region: tuple[int, int, int, int]
+
+    def expanded(self, shape: tuple[int, int]) -> RegionPrediction:
+        """The same prediction on the whole ``(H, W)`` image (masks ``C x H x W``)."""
+        x0, y0, x1, y1 = self.region
+        if (x0, y0, x1, y1) == (0, 0, shape[1], shape[0]):
+            return self
+        out = np.zeros((self.masks.shape[0], *shape), dtype=bool)
+        out[:, y0:y1, x0:x1] = self.masks
+        return self._replace(masks=out, region=(0, 0, shape[1], shape[0]))
+
+
 class Predictor:
     """Promptable segmentation of one image at a time.
 
@@ -58,6 +89,12 @@ class Predictor:
     from a zoomed window of the image (:mod:`napari_sam.zoom`): the masks are still
     ``H x W`` of the whole image; window embeddings are computed on first use
     (one encoder run each) and kept in :attr:`cache` (and :attr:`store`, if set).
+
+    Large images (slides, mosaics: any size, numpy or lazy dask / zarr, see
+    :mod:`napari_sam.source`) are never read whole: the whole-image embedding is
+    made from a coarse overview, models with a 1,024 px input answer each prompt
+    from the tile that holds it (:mod:`napari_sam.tiles`, on planes more than twice
+    their input), and :meth:`predict_regions` returns each mask on its region only.
 
     Args:
         model: a :class:`SamModel` (see :func:`napari_sam.load_model`), or a registry
@@ -91,8 +128,7 @@ class Predictor:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.store = None
         self._embedding: ImageEmbedding | None = None
-        self._source: tuple | None = None  # (plane, channel_axis, channels) windows are cut from
-        self._rgb: np.ndarray | None = None
+        self._source: PlaneSource | None = None  # the plane windows are read from
         self._window_key: EmbeddingKey | None = None  # the key windows are stored under (built once per image)
         self._frames = zooming.LogitFrames()
 
@@ -111,7 +147,7 @@ class Predictor:
 
     def set_image(
         self,
-        image: np.ndarray,
+        image,
         channel_axis: int | None = None,
         channels: Sequence[int] | None = None,
     ) -> ImageEmbedding:
@@ -119,16 +155,25 @@ class Predictor:
 
         Args:
             image: ``H x W`` grayscale, ``H x W x 3|4`` RGB(A), or multi-channel with
-                ``channel_axis``; any numeric dtype (see :mod:`napari_sam.preprocess`).
+                ``channel_axis``; any numeric dtype (see :mod:`napari_sam.preprocess`);
+                numpy, or for large images dask, zarr, a lazily read TIFF, the levels of a
+                pyramid, or a :class:`~napari_sam.source.PlaneSource`.
             channel_axis: axis that holds channels, if not the last one of an RGB image.
             channels: which channels to use (1 to 3).
 
         Returns:
-            The :class:`ImageEmbedding` (also kept on the predictor).
+            The :class:`ImageEmbedding` (also kept on the predictor). For a large image
+            (:func:`~napari_sam.source.is_large`) it is made from a coarse overview and
+            prompts are answered from windows or tiles read when needed.
         """
-        rgb = as_rgb(image, channel_axis=channel_axis, channels=channels)
-        self._embedding = embed_one(self.model, rgb, rgb_ready=True, cache=self.cache, precision=self.precision)
-        self._rgb, self._source, self._window_key = rgb, None, None
+        source = PlaneSource.of(image, channel_axis, channels)
+        if source.large:
+            embedding = embed_one(self.model, source, cache=self.cache, store=self.store, precision=self.precision)
+        else:
+            rgb = source.rgb()
+            embedding = embed_one(self.model, rgb, rgb_ready=True, cache=self.cache, precision=self.precision)
+            source = PlaneSource(rgb, rgb_ready=True)
+        self._embedding, self._source, self._window_key = embedding, source, None
         self._frames.clear()
         return self._embedding
 
@@ -146,9 +191,10 @@ class Predictor:
             embedding: the whole image's embedding.
             image: the 2D image it was computed from (as :meth:`set_image` takes it,
                 with ``channel_axis`` and ``channels``; or, with ``rgb_ready``, the
-                ``H x W x 3`` output of :func:`~napari_sam.preprocess.as_rgb`), so that
-                prompts on small objects can be answered from zoomed windows; without
-                it, every prompt is answered from ``embedding``.
+                ``H x W x 3`` output of :func:`~napari_sam.preprocess.as_rgb`; or a
+                :class:`~napari_sam.source.PlaneSource`), so that prompts can be
+                answered from zoomed windows and tiles; without it, every prompt is
+                answered from ``embedding``.
         """
         if embedding.model_name != self.spec.name or embedding.image_size != self.spec.image_size:
             raise PromptError(
@@ -157,37 +203,96 @@ class Predictor:
             )
         same = embedding.key is not None and self._embedding is not None and embedding.key == self._embedding.key
         self._embedding = embedding
-        self._rgb = image if rgb_ready else None
-        self._source = None if image is None or rgb_ready else (image, channel_axis, channels)
+        self._source = None if image is None else PlaneSource.of(image, channel_axis, channels, rgb_ready)
         self._window_key = None
         if not same:  # the same plane again: logits shown before are still in their windows
             self._frames.clear()
 
     def reset_image(self) -> None:
         self._embedding = None
-        self._rgb = self._source = self._window_key = None
+        self._source = self._window_key = None
         self._frames.clear()
 
     # ------------------------------------------------------------------ zoomed windows
 
     @property
-    def _zooms(self) -> bool:
-        return self.zoom and (self._rgb is not None or self._source is not None)
+    def large(self) -> bool:
+        """The image is read window by window (:func:`~napari_sam.source.is_large`): answers stay on regions."""
+        return self._source is not None and self._source.large
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the current image."""
+        return tuple(self._require_embedding().original_size)
+
+    @property
+    def tiles(self) -> TileGrid | None:
+        """The tiles prompts are answered from (models with a 1,024 px input on planes more than
+        :data:`~napari_sam.tiles.TILE_PROMPTS_ABOVE` times it), or None."""
+        if self.zoom or self._source is None or self._embedding is None:
+            return None
+        if max(self._embedding.original_size) <= TILE_PROMPTS_ABOVE * self.spec.image_size:
+            return None
+        return TileGrid.for_model(self._embedding.original_size, self.spec)
+
+    @property
+    def _windowed(self) -> bool:
+        """Prompts are answered from windows of the image (zoom or tiles), not only the whole embedding."""
+        return self._source is not None and (self.zoom or self.tiles is not None)
+
+    def window_for(self, box) -> Window | None:
+        """The window a prompt with bounding ``box`` (x0, y0, x1, y1) is answered from; None: the
+        whole image (for a box no tile holds on a large image: its coarse overview)."""
+        shape = self._require_embedding().original_size
+        if self.zoom and self._source is not None:
+            return zooming.prompt_window(box, shape, self.spec.image_size)
+        tiles = self.tiles
+        if tiles is None:
+            return None
+        tile = tiles.tile_for(box)
+        return None if tile is None else tile.window
+
+    def needs_encoder(self, points=None, labels=None, box=None) -> bool:
+        """Whether answering these prompts would run the encoder first: the window (or tile) they are
+        answered from has no embedding in memory or in the store yet. The annotator answers such
+        prompts in a worker. (Windows chosen later from the mask found are not foreseen.)"""
+        if self._embedding is None or not self._windowed:
+            return False
+        positive = None
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            flags = np.ones(len(coords), bool) if labels is None else np.asarray(labels).reshape(-1) == 1
+            positive = coords[flags] if flags.any() else None
+        if box is not None:
+            window = self.window_for(zooming.union_box(np.asarray(box, dtype=np.float64).reshape(4), positive))
+        elif positive is not None:
+            window = (zooming.first_view(positive, self._embedding.original_size, self.spec.image_size) if self.zoom
+                      else self.window_for(zooming.union_box(positive.min(0), positive)))
+        else:
+            return False
+        if window is None:
+            return False
+        base = self._key_base()
+        key = base.at(plane=base.plane, window=window)
+        if self.cache.get(key) is not None:
+            return False
+        return self.store is None or self.store.get(key) is None
+
+    def _key_base(self) -> EmbeddingKey:
+        embedding = self._require_embedding()
+        if self._window_key is None:  # a hand-made embedding has no key: name the image once
+            self._window_key = embedding.key or EmbeddingKey.create(self._source.signature, self.model,
+                                                                    self.precision, view=self._source.view)
+        return self._window_key
 
     def window_embedding(self, window: Window) -> ImageEmbedding:
         """The embedding of an ``(x0, y0, x1, y1)`` window of the current image (cached, stored)."""
-        embedding = self._require_embedding()
-        if self._rgb is None:
-            if self._source is None:
-                raise PromptError("This predictor has no image to cut windows from: give image= to set_embedding.")
-            image, channel_axis, channels = self._source
-            self._rgb = as_rgb(np.asarray(image), channel_axis=channel_axis, channels=channels)
-        if self._window_key is None:  # a hand-made embedding has no key: hash the image once
-            self._window_key = embedding.key or EmbeddingKey.create(image_signature(self._rgb), self.model,
-                                                                    self.precision)
-        key = self._window_key
-        return embed_one(self.model, self._rgb, windows=[window], key=key, cache=self.cache, store=self.store,
-                         precision=key.precision, rgb_ready=True)
+        self._require_embedding()
+        if self._source is None:
+            raise PromptError("This predictor has no image to cut windows from: give image= to set_embedding.")
+        key = self._key_base()
+        return embed_one(self.model, self._source, windows=[window], key=key, cache=self.cache, store=self.store,
+                         precision=key.precision)
 
     # ------------------------------------------------------------------ prompts
 
@@ -230,7 +335,9 @@ class Predictor:
         With :attr:`zoom` (LiteMedSAM's default), a prompt on an object that would be
         small at the encoder input is answered from a zoomed window of the image
         (:mod:`napari_sam.zoom`); ``low_res_logits`` are then in that window's frame,
-        and feeding them back as ``mask_input`` decodes in the same window.
+        and feeding them back as ``mask_input`` decodes in the same window. On a
+        large image, models with a 1,024 px input answer from the tile holding the
+        prompt (:attr:`tiles`), the same way.
 
         Returns:
             :class:`Prediction` with masks ``C x H x W`` for a single prompt, or
@@ -239,13 +346,44 @@ class Predictor:
         Raises:
             PromptError: prompts that are not numbers, of the wrong shape (points are
                 ``N x 2``: a ``2 x N`` array is refused), without labels, outside the
-                image, or several boxes with points on a box-only model.
+                image, or several boxes with points on a box-only model; full-size
+                masks of more than :data:`FULL_MASK_BYTES` (use :meth:`predict_regions`).
+        """
+        regions = self.predict_regions(points, labels, box, mask_input, multimask)
+        shape = self.image_shape
+        size = len(regions) * regions[0].masks.shape[0] * shape[0] * shape[1]
+        if size > FULL_MASK_BYTES:
+            raise PromptError(
+                f"Masks of the whole {shape[1]} x {shape[0]} image would take {size / 2**30:.1f} GB: use "
+                "predict_regions(), which gives each mask on its region, for images this large."
+            )
+        full = [r.expanded(shape).masks for r in regions]
+        scores = np.stack([r.iou_scores for r in regions])
+        logits = np.stack([r.low_res_logits for r in regions])
+        if box is not None and np.ndim(box) == 2:
+            return Prediction(np.stack(full), scores, logits)
+        return Prediction(full[0], scores[0], logits[0])
+
+    def predict_regions(
+        self,
+        points: np.ndarray | Sequence | None = None,
+        labels: np.ndarray | Sequence | None = None,
+        box: np.ndarray | Sequence | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool | None = None,
+    ) -> list[RegionPrediction]:
+        """:meth:`predict`, each object's masks on its region only: for images of any size.
+
+        Takes the same prompts. Returns one :class:`RegionPrediction` per object (one,
+        or ``B`` for a ``B x 4`` box array): ``C x h x w`` masks over its ``region``
+        (the window or tile that answered it; for the whole image of a large plane, the
+        masks' bounding box), with the same scores and low-resolution logits as
+        :meth:`predict`.
         """
         embedding = self._require_embedding()
         if points is None and box is None and mask_input is None:
             raise PromptError("Give at least one prompt: points with labels, a box, or a mask_input.")
         boxes = None if box is None else check_boxes(box, embedding.original_size)
-        batched = boxes is not None and np.ndim(box) == 2
         batch = 1 if boxes is None else boxes.shape[0]
         coords = point_labels = None
         if points is not None:
@@ -268,16 +406,15 @@ class Predictor:
             multimask = self.spec.multimask or (
                 self.spec.supports_points and coords is not None and len(coords) == 1 and box is None and mask is None
             )
-        if mask is not None and self._zooms and not self._mask_window_holds(mask, coords, point_labels, boxes):
+        windowed = self._windowed
+        if mask is not None and windowed and not self._mask_window_holds(mask, coords, point_labels, boxes):
             mask = None  # the object outgrew the window its earlier logits are in: start afresh
         prompts = (coords, point_labels, boxes, mask, multimask)
-        if not self._zooms:
-            result = self._answer(None, *prompts)
-        elif boxes is None and mask is None:
-            result = self._answer_clicks(*prompts)
-        else:
-            result = self._answer_by_window(*prompts)
-        return result if batched else Prediction(*(array[0] for array in result))
+        if not windowed:
+            return self._answer(None, *prompts)
+        if boxes is None and mask is None:
+            return self._answer_clicks(*prompts)
+        return self._answer_by_window(*prompts)
 
     def _mask_window_holds(self, mask, coords, point_labels, boxes) -> bool:
         """Whether the window of each fed-back logit map holds its object's positive clicks and box."""
@@ -296,9 +433,8 @@ class Predictor:
                     return False
         return True
 
-    def _answer_by_window(self, coords, point_labels, boxes, mask, multimask) -> Prediction:
+    def _answer_by_window(self, coords, point_labels, boxes, mask, multimask) -> list[RegionPrediction]:
         """Each object in its window: the window of its box (and clicks), or the one its ``mask`` came from."""
-        shape, size = self._embedding.original_size, self.spec.image_size
         positive = None if coords is None else coords[point_labels == 1]
         rows = 1 if boxes is None else boxes.shape[0]
         windows = []
@@ -306,28 +442,27 @@ class Predictor:
             if mask is not None:
                 windows.append(self._frames.window_of(mask[k if mask.shape[0] > 1 else 0, 0]))
             else:
-                windows.append(zooming.prompt_window(zooming.union_box(boxes[k], positive), shape, size))
-        if len(set(windows)) == 1:
-            return self._answer(windows[0], coords, point_labels, boxes, mask, multimask)
-        parts = {}
+                windows.append(self.window_for(zooming.union_box(boxes[k], positive)))
+        out: list = [None] * rows
         for window in dict.fromkeys(windows):
-            members = np.array([k for k in range(rows) if windows[k] == window])
+            members = [k for k in range(rows) if windows[k] == window]
+            part_boxes = None if boxes is None else boxes[members]
             part_mask = mask if mask is None or mask.shape[0] == 1 else mask[members]
-            parts[window] = (members, self._answer(window, coords, point_labels, boxes[members], part_mask, multimask))
-        first = next(iter(parts.values()))[1]
-        out = [np.zeros((rows, *array.shape[1:]), dtype=array.dtype) for array in first]
-        for members, part in parts.values():
-            for whole, array in zip(out, part):
-                whole[members] = array
-        return Prediction(*out)
+            for k, answer in zip(members, self._answer(window, coords, point_labels, part_boxes, part_mask,
+                                                       multimask)):
+                out[k] = answer
+        return out
 
-    def _answer_clicks(self, coords, point_labels, boxes, mask, multimask) -> Prediction:
+    def _answer_clicks(self, coords, point_labels, boxes, mask, multimask) -> list[RegionPrediction]:
         """Clicks alone: answer on a first view, then in the window of the mask found (see :mod:`napari_sam.zoom`)."""
         shape, size = self._embedding.original_size, self.spec.image_size
         positive = coords[point_labels == 1]
         if len(positive) == 0:
             return self._answer(None, coords, point_labels, boxes, mask, multimask)
-        window = zooming.first_view(positive, shape, size)
+        if self.zoom:
+            window = zooming.first_view(positive, shape, size)
+        else:  # tiles: the one holding the clicks
+            window = self.window_for(zooming.union_box(positive.min(0), positive))
         if not self.spec.supports_points:
             # The click search of a box-only model is best on the first view: zooming its
             # answers lowered one-click IoU on DSB 2018 nuclei (0.671 -> 0.658, 0.638 with
@@ -336,20 +471,20 @@ class Predictor:
         answers: dict = {}
         for _ in range(zooming.MAX_PASSES):
             answers[window] = result = self._answer(window, coords, point_labels, boxes, mask, multimask)
-            found = zooming.mask_box(result.masks[0, int(np.argmax(result.iou_scores[0]))])
+            answer = result[0]
+            found = zooming.mask_box(answer.masks[int(np.argmax(answer.iou_scores))])
             if found is None:
                 break
-            window = zooming.prompt_window(zooming.union_box(found, positive), shape, size)
+            x0, y0 = answer.region[:2]
+            window = self.window_for(zooming.union_box(found + [x0, y0, x0, y0], positive))
             if window in answers:
                 result = answers[window]
                 break
         return result
 
-    def _answer(self, window: Window | None, coords, point_labels, boxes, mask, multimask) -> Prediction:
-        """The prompts (image coordinates) answered from ``window`` (None: the whole image).
-
-        Returns a :class:`Prediction` of ``B x C`` masks of the whole image.
-        """
+    def _answer(self, window: Window | None, coords, point_labels, boxes, mask, multimask) -> list[RegionPrediction]:
+        """The prompts (image coordinates) answered from ``window`` (None: the whole image): one
+        :class:`RegionPrediction` per box row (one without boxes)."""
         if window is None:
             embedding = self._embedding
         else:
@@ -365,21 +500,40 @@ class Predictor:
             if boxes is not None:
                 boxes = np.clip(boxes - np.tile(origin, 2), 0, [x1 - x0, y1 - y0] * 2)
         if coords is not None and not self.spec.supports_points:
-            result = self._predict_clicks(embedding, coords, point_labels, None if boxes is None else boxes[0],
-                                          multimask)
-            result = Prediction(*(array[None] for array in result))
+            low_res, scores = self._predict_clicks(embedding, coords, point_labels, None if boxes is None else boxes[0],
+                                                   multimask)
+            low_res, scores = low_res[None], scores[None]
         else:
-            result = self._decode(embedding, coords, point_labels, boxes, mask, multimask)
-        self._frames.remember(result.low_res_logits, window)
-        if window is None:
-            return result
-        h, w = self._embedding.original_size
-        masks = np.zeros((*result.masks.shape[:2], h, w), dtype=bool)
-        masks[..., y0:y1, x0:x1] = result.masks
-        return result._replace(masks=masks)
+            low_res, scores = self._decode(embedding, coords, point_labels, boxes, mask, multimask)
+        logits = low_res.float().cpu().numpy()
+        self._frames.remember(logits, window)
+        scores = scores.float().cpu().numpy()
+        pieces = self._masks(low_res, embedding, window)
+        return [RegionPrediction(masks, scores[k], logits[k], region) for k, (masks, region) in enumerate(pieces)]
 
-    def _decode(self, embedding: ImageEmbedding, coords, point_labels, boxes, mask, multimask) -> Prediction:
-        """Native prompts on one embedding (coordinates in its image's pixels): ``B x C`` masks of that image."""
+    def _masks(self, low_res: torch.Tensor, embedding: ImageEmbedding, window: Window | None) -> list:
+        """``(C x h x w masks, region)`` of each row of ``B x C x 256 x 256`` logits decoded on ``embedding``
+        (the embedding of ``window``, or of the whole image)."""
+        h, w = embedding.original_size
+        if window is not None or self._source is None or not self._source.large:
+            region = window if window is not None else (0, 0, w, h)
+            masks = (logits_to_image(low_res, embedding) > 0.0).cpu().numpy()
+            return [(masks[k], region) for k in range(masks.shape[0])]
+        # The overview of a large image: each object's masks on their bounding box only.
+        rows, channels = low_res.shape[:2]
+        regions = np.stack([_logit_region(low_res[k], embedding) for k in range(rows)])
+        sampled = sample_logits(low_res.reshape(rows * channels, 1, *low_res.shape[-2:]),
+                                np.repeat(regions, channels, axis=0), (0, 0, w, h), embedding.input_size,
+                                embedding.image_size)
+        out = []
+        for k in range(rows):
+            masks = torch.stack(sampled[k * channels:(k + 1) * channels]) > 0.0
+            out.append((masks.numpy(), tuple(int(v) for v in regions[k])))
+        return out
+
+    def _decode(self, embedding: ImageEmbedding, coords, point_labels, boxes, mask, multimask):
+        """Native prompts on one embedding (coordinates in its image's pixels): ``B x C x 256 x 256``
+        low-resolution logits and ``B x C`` predicted IoU."""
         batch = 1 if boxes is None else boxes.shape[0]
         boxes_t = coords_t = labels_t = mask_t = None
         if boxes is not None:
@@ -389,22 +543,19 @@ class Predictor:
             labels_t = torch.from_numpy(point_labels)[None].expand(batch, -1)
         if mask is not None:
             mask_t = torch.from_numpy(mask).expand(batch, -1, -1, -1)
-        low_res, iou = decode_prompts(
-            self.model, embedding, coords_t, labels_t, boxes_t, mask_t, multimask=multimask
-        )
-        masks = logits_to_image(low_res, embedding) > 0.0
-        return Prediction(masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy())
+        return decode_prompts(self.model, embedding, coords_t, labels_t, boxes_t, mask_t, multimask=multimask)
 
     def _predict_clicks(
         self, embedding: ImageEmbedding, coords: np.ndarray, point_labels: np.ndarray, box: np.ndarray | None,
         multimask: bool,
-    ) -> Prediction:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clicks on a box-only model: the box prompts that explain them (see :mod:`napari_sam.clicks`).
 
         Two decoder calls on a window of the embedding: the candidate boxes, then the
         bounding boxes of the best distinct masks (a box fitted to the object is what
-        the model was trained on). Returns up to three masks, small to large, with
-        their click scores as ``iou_scores`` (the best scores highest), or the best one.
+        the model was trained on). Returns the low-resolution logits ``C x 256 x 256`` of
+        up to three masks, small to large, and their click scores ``C`` (the best scores
+        highest), or of the best one.
         """
         size = self.spec.image_size
         lowres = LOW_RES_SIDE / size  # low-resolution logit pixels per input pixel
@@ -413,7 +564,8 @@ class Predictor:
         positive, negative = clicks_xy[point_labels == 1], clicks_xy[point_labels == 0]
         bound = None if box is None else to_input_coords(box.reshape(2, 2), embedding).reshape(4)
         if bound is not None and len(positive):  # the box bounds the search, but holds every positive click
-            bound = np.concatenate([np.minimum(bound[:2], positive.min(0) - 1), np.maximum(bound[2:], positive.max(0) + 1)])
+            bound = np.concatenate([np.minimum(bound[:2], positive.min(0) - 1),
+                                    np.maximum(bound[2:], positive.max(0) + 1)])
         h, w = embedding.input_size
         limit = np.array([0.0, 0.0, w, h]) if bound is None else bound
 
@@ -444,6 +596,26 @@ class Predictor:
             score = scores.score
         chosen = clicks.distinct_answers(logits, score, k=3 if multimask else 1)
         chosen.sort(key=lambda i: int((logits[i] > 0).sum()))  # small / medium / large
-        low_res = logits[chosen][:, None]
-        masks = logits_to_image(low_res, embedding)[:, 0] > 0.0
-        return Prediction(masks.cpu().numpy(), score[chosen].float().cpu().numpy(), low_res[:, 0].float().cpu().numpy())
+        return logits[chosen], score[chosen]
+
+
+def _logit_region(low_res: torch.Tensor, embedding: ImageEmbedding) -> np.ndarray:
+    """``4`` int (x0, y0, x1, y1) image pixels around where any of ``C x 256 x 256`` logits is
+    positive (one low-resolution pixel of margin), for masks of a whole large image."""
+    h, w = embedding.original_size
+    side = low_res.shape[-1]
+    positive = (low_res > 0.0).any(0)
+    rows = torch.nonzero(positive.any(1)).flatten()
+    cols = torch.nonzero(positive.any(0)).flatten()
+    if rows.numel() == 0:
+        return np.array([0, 0, 1, 1], dtype=np.int64)
+    per_pixel = embedding.image_size / side  # input pixels per low-resolution pixel
+    sy, sx = embedding.scale
+    x0 = (int(cols[0]) - 1) * per_pixel / sx
+    x1 = (int(cols[-1]) + 2) * per_pixel / sx
+    y0 = (int(rows[0]) - 1) * per_pixel / sy
+    y1 = (int(rows[-1]) + 2) * per_pixel / sy
+    box = np.array([np.floor(x0), np.floor(y0), np.ceil(x1), np.ceil(y1)])
+    box = np.clip(box, 0, [w, h, w, h]).astype(np.int64)
+    box[2:] = np.maximum(box[2:], box[:2] + 1)
+    return box

@@ -23,6 +23,7 @@ Two steps, both pure functions:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,68 +35,97 @@ LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
 
 
-def _channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
-    """Return ``H x W x C``; reject stacks that are not 2D planes."""
-    if image.ndim == 2:
-        return image[..., None]
-    if image.ndim == 3:
+def check_plane(shape: Sequence[int], channel_axis: int | None) -> int | None:
+    """The channel axis of a 2D image of ``shape`` (None for ``H x W``); reject stacks.
+
+    Raises:
+        ImageError: a 3D array without ``channel_axis`` whose last axis is not RGB(A), a
+            ``channel_axis`` that does not exist, or more than three axes.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if ndim == 2:
+        return None
+    if ndim == 3:
         if channel_axis is None:
-            if image.shape[-1] in (3, 4):
-                return image
+            if shape[-1] in (3, 4):
+                return 2
             raise ImageError(
-                f"Got an array of shape {image.shape}: this looks like a 3D stack, not a 2D image. "
+                f"Got an array of shape {shape}: this looks like a 3D stack, not a 2D image. "
                 "Select one plane (e.g. image[z]), or pass channel_axis=<axis> if one axis holds channels."
             )
-        try:
-            return np.moveaxis(image, channel_axis, -1)
-        except np.exceptions.AxisError:
-            raise ImageError(
-                f"channel_axis={channel_axis} does not exist for an image of shape {image.shape}."
-            ) from None
+        if not -3 <= int(channel_axis) < 3:
+            raise ImageError(f"channel_axis={channel_axis} does not exist for an image of shape {shape}.")
+        return int(channel_axis) % 3
     raise ImageError(
-        f"Got an array with {image.ndim} dimensions (shape {image.shape}); a 2D image is expected "
+        f"Got an array with {ndim} dimensions (shape {shape}); a 2D image is expected "
         "(H x W, H x W x 3 RGB, or H x W x C with channel_axis). Select a plane of the stack first."
     )
 
 
-def _scale_channel(channel: np.ndarray) -> np.ndarray:
-    """Scale one channel of any dtype to float32 0-255 (see module docstring)."""
-    values = channel.astype(np.float64, copy=False)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(channel.shape, np.float32)
-    if not finite.all():
-        values = np.where(finite, values, values[finite].min())
-    low, high = np.percentile(values, (LOW_PERCENTILE, HIGH_PERCENTILE))
-    if high <= low:  # nearly constant: fall back to the full range
-        low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(channel.shape, np.float32)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(scaled, 0.0, 255.0).astype(np.float32)
+def _channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Return ``H x W x C``; reject stacks that are not 2D planes."""
+    axis = check_plane(image.shape, channel_axis)
+    return image[..., None] if axis is None else np.moveaxis(image, axis, -1)
 
 
-def as_rgb(
-    image: np.ndarray,
-    channel_axis: int | None = None,
-    channels: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Convert a 2D image to ``H x W x 3`` RGB with values 0-255.
+@dataclass(frozen=True)
+class RgbScaling:
+    """How each channel of a non-8-bit image maps to 0-255: ``low`` -> 0, ``high`` -> 255, clipped.
 
-    Args:
-        image: ``H x W``, ``H x W x 3|4``, or any 3D array with ``channel_axis``.
-        channel_axis: axis of ``image`` that holds channels (default: last axis
-            if it has 3 or 4 entries, else the image must be 2D).
-        channels: indices of the channels to use (1 to 3 of them).
+    Computed once per image (:meth:`of`: from every pixel, or from a strided sample
+    of an image too large to read at once, see :mod:`napari_sam.source`), so that
+    every window of one image is scaled alike. A channel with ``high <= low``
+    (constant, or no finite value) becomes 0.
 
-    Returns:
-        ``uint8`` ``H x W x 3`` if the input was ``uint8`` (values untouched),
-        else ``float32`` ``H x W x 3`` in [0, 255].
-
-    Raises:
-        ImageError: for stacks, empty images, and more than three channels
-            without ``channels``.
+    Attributes:
+        low, high: one value per channel (``C``).
     """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def of(cls, hwc: np.ndarray) -> RgbScaling:
+        """The scaling of ``H x W x C`` values (see the module docstring for the rule)."""
+        low, high = [], []
+        for c in range(hwc.shape[-1]):
+            values = hwc[..., c].astype(np.float64, copy=False)
+            finite = np.isfinite(values)
+            if not finite.any():
+                low.append(0.0), high.append(0.0)
+                continue
+            if not finite.all():
+                values = np.where(finite, values, values[finite].min())
+            lo, hi = np.percentile(values, (LOW_PERCENTILE, HIGH_PERCENTILE))
+            if hi <= lo:  # nearly constant: fall back to the full range
+                lo, hi = values.min(), values.max()
+            low.append(float(lo)), high.append(float(hi))
+        return cls(tuple(low), tuple(high))
+
+    def apply(self, hwc: np.ndarray) -> np.ndarray:
+        """``H x W x C`` values -> float32 ``H x W x C`` in [0, 255] (NaN and infinities -> 0)."""
+        if hwc.shape[-1] != len(self.low):
+            raise ImageError(f"This scaling is for {len(self.low)} channel(s); the pixels have {hwc.shape[-1]}.")
+        out = np.empty(hwc.shape, np.float32)
+        for c, (lo, hi) in enumerate(zip(self.low, self.high)):
+            values = hwc[..., c].astype(np.float64, copy=False)
+            if hi <= lo:
+                out[..., c] = 0.0
+                continue
+            values = np.where(np.isfinite(values), values, lo)
+            out[..., c] = np.clip((values - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+        return out
+
+
+def needs_scaling(dtype) -> bool:
+    """Whether pixels of ``dtype`` are scaled to 0-255 (all but ``uint8`` and ``bool``)."""
+    return np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(bool))
+
+
+def select_channels(image: np.ndarray, channel_axis: int | None = None,
+                    channels: Sequence[int] | None = None) -> np.ndarray:
+    """``H x W x C`` (C at most 3) of a 2D image, as :func:`as_rgb` picks its channels (no scaling)."""
     array = np.asarray(image)
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or array.dtype == bool
@@ -114,21 +144,49 @@ def as_rgb(
         bad = [c for c in channels if not -n_channels <= c < n_channels]
         if bad:
             raise ImageError(f"Channels {bad} do not exist; the image has {n_channels} channels.")
-        hwc = hwc[..., channels]
-    elif n_channels == 4 and channel_axis is None:
-        hwc = hwc[..., :3]  # RGBA: drop alpha
-    elif n_channels > 3:
+        return hwc[..., channels]
+    if n_channels == 4 and channel_axis is None:
+        return hwc[..., :3]  # RGBA: drop alpha
+    if n_channels > 3:
         raise ImageError(
             f"The image has {n_channels} channels; choose up to three with channels=[...] "
             "(they become red, green and blue)."
         )
+    return hwc
 
+
+def as_rgb(
+    image: np.ndarray,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    scaling: RgbScaling | None = None,
+) -> np.ndarray:
+    """Convert a 2D image to ``H x W x 3`` RGB with values 0-255.
+
+    Args:
+        image: ``H x W``, ``H x W x 3|4``, or any 3D array with ``channel_axis``.
+        channel_axis: axis of ``image`` that holds channels (default: last axis
+            if it has 3 or 4 entries, else the image must be 2D).
+        channels: indices of the channels to use (1 to 3 of them).
+        scaling: how to map a non-8-bit image to 0-255 (default: from ``image``
+            itself, :meth:`RgbScaling.of`); give the whole image's scaling when
+            ``image`` is a window of it (see :class:`napari_sam.source.PlaneSource`).
+
+    Returns:
+        ``uint8`` ``H x W x 3`` if the input was ``uint8`` (values untouched),
+        else ``float32`` ``H x W x 3`` in [0, 255].
+
+    Raises:
+        ImageError: for stacks, empty images, and more than three channels
+            without ``channels``.
+    """
+    hwc = select_channels(image, channel_axis, channels)
     if hwc.dtype == np.uint8:
         rgb = hwc
     elif hwc.dtype == bool:
         rgb = hwc.astype(np.uint8) * np.uint8(255)
     else:
-        rgb = np.stack([_scale_channel(hwc[..., c]) for c in range(hwc.shape[-1])], axis=-1)
+        rgb = (scaling or RgbScaling.of(hwc)).apply(hwc)
 
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)

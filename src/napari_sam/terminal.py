@@ -48,7 +48,7 @@ class TerminalCounter:
                              leave=True, dynamic_ncols=True)
         if total and self._bar.total != total:
             self._bar.total = total
-        self._bar.n = done
+        self._bar.n = done if float(done).is_integer() else round(float(done), 1)
         self._bar.refresh()
         if total and done >= total:
             self.close()
@@ -60,7 +60,10 @@ class TerminalCounter:
 
 
 def _number(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) and not value.is_integer() else str(int(value))
+    """A count for people: whole numbers as they are, fractions (work inside an item) to one decimal."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.1f}"
+    return str(int(value))
 
 
 class BatchReporter:

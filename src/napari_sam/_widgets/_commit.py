@@ -7,18 +7,27 @@ import numpy as np
 from ..annotation import CommitResult, PlaneGeometry, commit_masks, next_free_id
 
 
-def write_objects(layer, geometry: PlaneGeometry, masks: np.ndarray, mode: str) -> CommitResult:
+def write_objects(layer, geometry: PlaneGeometry, masks: np.ndarray, mode: str, region=None) -> CommitResult:
     """Commit ``K x H x W`` masks into the plane of ``geometry`` of a Labels layer.
 
     The ids start above every label of the whole layer. The change goes through
     ``Labels.data_setitem`` inside ``block_history``, so napari's undo (Ctrl+Z in
     the layer, or ``layer.undo()``) reverts the whole commit in one step.
+
+    Args:
+        region: ``(x0, y0, x1, y1)`` of the plane the ``K x h x w`` masks cover (None: the
+            whole plane): a large image's objects are written region by region.
     """
-    result = commit_masks(geometry.read(layer.data), masks, mode, next_free_id(layer.data))
+    plane = geometry.read(layer.data)
+    x0 = y0 = 0
+    if region is not None:
+        x0, y0, x1, y1 = region
+        plane = plane[y0:y1, x0:x1]
+    result = commit_masks(plane, masks, mode, next_free_id(layer.data))
     rows, cols = np.nonzero(result.changed)
     if len(rows):
         with layer.block_history():
-            layer.data_setitem(geometry.volume_indices(rows, cols), result.plane[rows, cols])
+            layer.data_setitem(geometry.volume_indices(rows + y0, cols + x0), result.plane[rows, cols])
     return result
 
 

@@ -22,8 +22,9 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..annotation import MaskChoice, commit_masks
 from ..embedding import EmbeddingCache, image_signature
 from ..errors import ImageError, PromptError, SamkitError
-from ..interactive import RefinementMemory
+from ..interactive import RefinementMemory, needs_encoder
 from ..registry import DEFAULT_MODEL
+from ..source import PlaneSource, is_large
 from . import _layers as L
 from ._commit import commit_message, write_objects
 from ._controls import NEW_LABELS, SHORTCUTS, Controls, model_choices, on_undock
@@ -53,7 +54,9 @@ class AnnotatorWidget(Container):
         self.predictor = None
         self.memory = RefinementMemory()
         self.choice: MaskChoice | None = None
-        self.preview_masks = np.zeros((0, 0, 0), bool)  # K x H x W, the masks shown
+        self.preview_masks = np.zeros((0, 0, 0), bool)  # K x h x w, the masks shown over preview_region
+        self.preview_region: tuple | None = None  # (x0, y0, x1, y1) of the plane they cover
+        self._painted: tuple | None = None  # (rows, cols) of the preview pixels drawn on a large plane
         self.last_preview_seconds: float | None = None
         self.preview_layer = None
         self._frame: L.ImageFrame | None = None
@@ -295,8 +298,11 @@ class AnnotatorWidget(Container):
             return  # same plane, same data: nothing to hash or compute
         frame = self._frame
         source = self._plane_source_of(geometry)
-        plane, channels = source.plane(0), source.channels
+        channels = source.channels
         key = source.key(0, self.predictor.model, self.predictor.precision)
+        plane = self._lazy_plane(geometry, source)
+        if plane is None:
+            plane = source.plane(0)
         if key == self._wanted_key and geometry == self._geometry:
             return
         plane_moved = self._geometry is None or geometry.plane_index != self._geometry.plane_index
@@ -308,7 +314,7 @@ class AnnotatorWidget(Container):
             self._previews.cancel()
             self.memory.clear()
             self._show([])
-        axis = -1 if frame.channel_axis is not None else None
+        axis = -1 if frame.channel_axis is not None and not isinstance(plane, PlaneSource) else None
         self._plane_source = (key, plane, axis, channels)  # zoomed windows are cut from it (Predictor.zoom)
         store = self._embedding_store(key)
         embedding = self._jobs.request(key, self.predictor.model, plane, axis, channels, store=store)
@@ -328,6 +334,16 @@ class AnnotatorWidget(Container):
         if self._signature is None:
             self._signature = image_signature(layer.data[0] if layer.multiscale else layer.data)
         return PlaneStack(layer.data, geometry, None, frame.rgb, frame.channel_axis, self._signature)
+
+    def _lazy_plane(self, geometry, stack):
+        """A large 2D image (or a multiscale one) as a :class:`~napari_sam.source.PlaneSource` read window by
+        window (the annotator never loads it whole); None for every other image (its plane is read)."""
+        layer, frame = self._frame.layer, self._frame
+        if frame.ndim != 2 or geometry.transposed or not (layer.multiscale or is_large(geometry.plane_shape)):
+            return None
+        data = list(layer.data) if layer.multiscale else layer.data
+        return PlaneSource(data, channel_axis=frame.channel_axis, channels=stack.channels,
+                           signature=stack.with_signature().signature)
 
     def _store_in_use(self):
         """The embedding store of the current image, or None when the store setting is empty."""
@@ -409,14 +425,17 @@ class AnnotatorWidget(Container):
         fast = (self.last_preview_seconds or 0.0) < SYNC_PREVIEW_SECONDS
         if str(getattr(event, "action", "changed")) == "changing" and not fast:
             return  # live updates while dragging only when the decoder keeps up
-        if fast:
-            self._gui(self.update_preview)
-            return
         try:
             objects = self._current_objects()
+            encode = needs_encoder(self.predictor, objects)
         except Exception as error:  # noqa: BLE001
             self._report(error_message(error, "reading the prompts"))
             return
+        if fast and not encode:
+            self._gui(self.update_preview)
+            return
+        if encode:  # a part of the image not embedded yet: its encoder run goes to a worker
+            self.controls.set_status("Computing the embedding of this part of the image…")
         self._previews.request((self._prompt_version, self._ready_key, objects),
                                _predict, self.predictor, objects, self.memory)
 
@@ -428,6 +447,8 @@ class AnnotatorWidget(Container):
         self.choice = MaskChoice([p.iou_scores for p in predictions])
         self._show(objects, predictions)
         self._shown_version = version
+        if self.controls.status.value.startswith("Computing the embedding of this part"):
+            self.controls.set_status("Ready: add prompts.")
 
     def _current_objects(self):
         return self.prompts.objects(self._geometry)
@@ -449,27 +470,64 @@ class AnnotatorWidget(Container):
         return self._show(objects, predictions)
 
     def _show(self, objects, predictions=()) -> np.ndarray:
-        """Write the chosen masks to the preview layer; remember their logits for refinement."""
+        """Write the chosen masks to the preview layer; remember their logits for refinement.
+
+        The masks cover :attr:`preview_region`: the whole plane, or on a large image the
+        union of the objects' regions (only those pixels of the preview layer are redrawn).
+        """
         self._objects, self._predictions = list(objects), list(predictions)
         if self._geometry is None:
             self.preview_masks = np.zeros((0, 0, 0), bool)
             return self.preview_masks
-        shape = self._geometry.plane_shape
+        h, w = self._geometry.plane_shape
+        large = self.predictor is not None and self.predictor.large
+        region = (0, 0, w, h)
         if not self._predictions:
             self.choice = None
-            self.preview_masks = np.zeros((0, *shape), bool)
+            if large:
+                region = (0, 0, 0, 0)
+            self.preview_masks = np.zeros((0, region[3] - region[1], region[2] - region[0]), bool)
         else:
             chosen = self.choice.indices()
-            self.preview_masks = np.stack([p.masks[i] for p, i in zip(self._predictions, chosen)])
+            if large:
+                boxes = np.array([p.region for p in self._predictions])
+                region = (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()),
+                          int(boxes[:, 3].max()))
+            masks = np.zeros((len(chosen), region[3] - region[1], region[2] - region[0]), bool)
+            for k, (p, i) in enumerate(zip(self._predictions, chosen)):
+                x0, y0, x1, y1 = p.region
+                masks[k, y0 - region[1]:y1 - region[1], x0 - region[0]:x1 - region[0]] = p.masks[i]
+            self.preview_masks = masks
             for obj, p, i in zip(self._objects, self._predictions, chosen):
                 self.memory.remember(obj, p.low_res_logits[i])
-        plane = commit_masks(np.zeros(shape, np.uint16), self.preview_masks, "fill_background", 1).plane
+        self.preview_region = region
+        plane = commit_masks(np.zeros(self.preview_masks.shape[1:], np.uint16), self.preview_masks,
+                             "fill_background", 1).plane
         if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
-            L.place_preview(self.preview_layer, self._frame, self._geometry)
-            self._geometry.write(self.preview_layer.data, plane, collapsed=True)
-            self.preview_layer.refresh()
+            if large:
+                self._draw_region(plane, region)
+            else:
+                L.place_preview(self.preview_layer, self._frame, self._geometry)
+                self._geometry.write(self.preview_layer.data, plane, collapsed=True)
+                self.preview_layer.refresh()
         self.controls.mask_info.value = self.choice.describe() if self.choice else ""
         return plane
+
+    def _draw_region(self, plane: np.ndarray, region: tuple) -> None:
+        """Redraw only the preview pixels that change (a large plane is never redrawn whole)."""
+        layer = self.preview_layer
+        if layer.data.shape != L.preview_shape(self._frame):
+            L.place_preview(layer, self._frame, self._geometry)
+            self._painted = None
+        with layer.block_history():
+            if self._painted is not None:
+                rows, cols = self._painted
+                layer.data_setitem((rows, cols), 0)
+            rows, cols = np.nonzero(plane)
+            rows, cols = rows + region[1], cols + region[0]
+            if len(rows):
+                layer.data_setitem((rows, cols), plane[rows - region[1], cols - region[0]])
+        self._painted = (rows, cols) if len(rows) else None
 
     def cycle_mask(self) -> str:
         """Show the next candidate mask (whole / part / subpart); returns its description."""
@@ -534,7 +592,8 @@ class AnnotatorWidget(Container):
         if not len(self.preview_masks) or not self.preview_masks.any():
             raise PromptError("Nothing to commit: draw a box (or click) on the object first and wait for the preview.")
         layer = self._target_layer()
-        result = write_objects(layer, self._geometry, self.preview_masks, mode or self.controls.mode.value)
+        region = None if self.preview_region == (0, 0, *self._geometry.plane_shape[::-1]) else self.preview_region
+        result = write_objects(layer, self._geometry, self.preview_masks, mode or self.controls.mode.value, region)
         written = [o for o, i in zip(self._objects, result.ids) if i]
         taken = self.prompts.take(
             np.concatenate([o.point_indices for o in written]) if written else [],

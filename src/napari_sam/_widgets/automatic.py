@@ -44,6 +44,7 @@ from ..automatic.planes import (
 from ..errors import ImageError, PromptError, SamkitError
 from ..registry import DEFAULT_MODEL, get_spec, is_known_model
 from ..store import STORE_HELP
+from ..tiles import TILING_PARAMETERS
 from ._controls import LOAD_FILE, device_choices, model_choices
 from ._jobs import start_worker, stop_jobs_on_exit
 
@@ -149,6 +150,11 @@ class AutomaticSegmentationWidget(Container):
             kind = SpinBox if p.kind is int else FloatSpinBox
             self.params[name] = kind(label=name, value=p.default, min=p.minimum, max=p.maximum, step=p.step,
                                      tooltip=f"{p.tooltip} (default {p.default:.4g})")
+        self.tiling: dict[str, SpinBox] = {
+            name: SpinBox(label=name, value=p.default, min=p.minimum, max=p.maximum, step=p.step,
+                          tooltip=p.tooltip)
+            for name, p in TILING_PARAMETERS.items()
+        }
         self.params["crop_overlap_ratio"].native.setDecimals(4)
         self.params["crop_overlap_ratio"].value = AMG_PARAMETERS["crop_overlap_ratio"].default
         self.link = ComboBox(label="Link planes", choices=[(text, key) for key, text in LINKS.items()],
@@ -166,7 +172,8 @@ class AutomaticSegmentationWidget(Container):
         for widget in (self.use_mask_prompt, self.current_plane, self.run_button, self.cancel_button):
             widget.label = ""
         self.extend([self.image, self.mode, self.source, self.use_mask_prompt, self.model, self.device,
-                     self.precision, self.strategy, self.store, *self.params.values(), self.link, self.current_plane,
+                     self.precision, self.strategy, self.store, *self.params.values(), *self.tiling.values(),
+                     self.link, self.current_plane,
                      self.run_button, self.cancel_button, self.progress, self.status])
 
         self.mode.changed.connect(self._update_visibility)
@@ -227,6 +234,8 @@ class AutomaticSegmentationWidget(Container):
         for name, widget in self.params.items():
             widget.visible = automatic
             widget.enabled = AMG_PARAMETERS[name].used_by("points" if grid else "boxes")
+        for widget in self.tiling.values():
+            widget.visible = mode == "everything"
         self._show_thresholds_used(grid)
         layer = self.image.value
         stack = layer is not None and len(self._spatial_shape(layer)) > 2
@@ -298,6 +307,10 @@ class AutomaticSegmentationWidget(Container):
             values[name] = p.default if abs(value - p.default) <= 0.5 * 10.0**-decimals else value
         return values
 
+    def tiling_values(self) -> dict:
+        """``tile`` and ``halo`` shown (None: the model's default)."""
+        return {name: widget.value or None for name, widget in self.tiling.items()}
+
     def folder_settings(self):
         """``(SegmentSettings, loaded model or None)`` for a folder run: segment everything with the settings shown."""
         from ..image_task import SegmentSettings
@@ -305,7 +318,7 @@ class AutomaticSegmentationWidget(Container):
         settings = SegmentSettings(model=self.model.value, device=self.device.value, mode="auto",
                                    strategy=self.strategy.value,
                                    precision=None if self.precision.value == "default" else self.precision.value,
-                                   amg=self.parameter_values())
+                                   amg=self.parameter_values(), **self.tiling_values())
         return settings, self._models.get((self.model.value, self.device.value))
 
     def build_request(self) -> StackRequest:
@@ -327,6 +340,7 @@ class AutomaticSegmentationWidget(Container):
             precision=None if self.precision.value == "default" else self.precision.value,
             store=None if self.store.value is None else str(self.store.value), image_name=layer.name,
             link=self.link.value if mode == "everything" and len(shape) > 2 else "none",
+            levels=list(layer.data) if layer.multiscale and len(shape) == 2 else None, **self.tiling_values(),
         )
         source = self.source.value if mode in _SOURCE_KIND else None
         if mode in _SOURCE_KIND and source is None:
@@ -367,7 +381,15 @@ class AutomaticSegmentationWidget(Container):
         self._cancel.clear()
         self._progress_state = (0.0, max(1, len(request.planes)))
         self.progress.value = 0
-        self._set_running(True, f"Running '{MODES[request.mode]}' on {len(request.planes)} plane(s)…")
+        text = f"Running '{MODES[request.mode]}' on {len(request.planes)} plane(s)…"
+        if request.mode == "everything" and spec is not None:
+            from ..tiles import TileGrid
+
+            grid = TileGrid.for_model(self._spatial_shape(layer)[-2:], spec, request.tile, request.halo)
+            if not grid.single:
+                text = (f"Segmenting everything in {len(grid)} tiles of {grid.tile} px per plane (a {grid.halo} px "
+                        "halo); Cancel keeps the embeddings finished in the store…")
+        self._set_running(True, text)
         self.worker = start_worker(
             _run, request, self._models.get(key), key[0], key[1], self._on_progress, self._cancel.is_set,
             progress=f"Automatic segmentation of {layer.name}",

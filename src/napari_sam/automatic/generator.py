@@ -150,6 +150,7 @@ def generate_masks(
     timings: dict | None = None,
     store=None,
     key: EmbeddingKey | None = None,
+    core: tuple[int, int, int, int] | None = None,
 ) -> list[dict]:
     """Masks of everything in a 2D image, as Meta's ``SamAutomaticMaskGenerator``.
 
@@ -198,6 +199,8 @@ def generate_masks(
             image and of its crops are read from it when there, written when computed.
         key: the key of ``image`` when it is a plane of a larger image (see
             :func:`~napari_sam.embed.compute_embeddings`; default: from ``image`` itself).
+        core: box proposals only: ``(x0, y0, x1, y1)`` of ``image`` whose objects are
+            wanted (a tile's core, see :mod:`.tiled`; others may be left out).
 
     Returns:
         One dict per mask, best first within the order of the official code, with
@@ -246,6 +249,7 @@ def generate_masks(
             precision=precision,
             store=store,
             key=key,
+            core=core,
         )
 
     start = time.perf_counter()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from ..errors import PromptError
 from .proposals import POLARITIES
 
-
 #: Automatic prompts: auto (by the model: point grid for SAM, box proposals for box-only models),
 #: Meta's point grid, or box proposals.
 STRATEGIES = ("auto", "points", "boxes")
@@ -83,7 +82,7 @@ def _choice(name: str, choices: tuple[str, ...], default: str, tooltip: str, str
     return Parameter(name, str, default, 0, 0, 0, tooltip, strategies, choices)
 
 
-#: Zoomed encoder windows the box strategy may use per image by default: about
+#: Zoomed encoder windows the box strategy may use per 512 x 512 pixels of image by default: about
 #: 0.6 s each for LiteMedSAM on two CPU cores (see :mod:`.windows`); 48 keep
 #: immunohistochemistry (262 windows unbounded) at 36 windows and 47 s.
 DEFAULT_MAX_WINDOWS = 48
@@ -130,8 +129,9 @@ AMG_PARAMETERS: dict[str, Parameter] = {
                   "Typical object diameter in pixels, for the box proposals: it sets how touching objects are "
                   "split. 0: estimated from the image.", BOXES),
         Parameter("max_windows", int, DEFAULT_MAX_WINDOWS, 0, 10_000, 1,
-                  "Most zoomed encoder windows per image (box proposals): small objects are seen zoomed, "
-                  "one encoder run per window. Fewer is faster, with less zoom; 0: as many as the zoom needs.",
+                  "Most zoomed encoder windows per 512 x 512 pixels of image (box proposals): small objects are "
+                  "seen zoomed, one encoder run per window. Fewer is faster, with less zoom; 0: as many as the "
+                  "zoom needs.",
                   BOXES),
     )
 }

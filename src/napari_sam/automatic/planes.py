@@ -27,7 +27,6 @@ import numpy as np
 from ..errors import ImageError, PromptError, SamkitError
 from .parameters import amg_defaults, check_amg_parameters
 
-
 #: Modes of the widget: key -> what people read.
 MODES: dict[str, str] = {
     "everything": "segment everything",
@@ -191,6 +190,10 @@ class StackRequest:
         image_name: the image's name, for the store's folder name.
         link: a key of :data:`LINKS`: in mode ``"everything"``, link the planes along
             the first axis into 3D objects or tracks (see :func:`link_planes_of`).
+        levels: for a 2D image shown as a multiscale pyramid, its levels (full resolution
+            first; ``image`` is the first): coarse views are read from them.
+        tile, halo: tiles of planes larger than one tile in mode ``"everything"`` (None:
+            the model's defaults; see :mod:`napari_sam.tiles`).
     """
 
     image: np.ndarray
@@ -206,6 +209,9 @@ class StackRequest:
     store: str | None = None
     image_name: str = "image"
     link: str = "none"
+    levels: list | None = None
+    tile: int | None = None
+    halo: int | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -226,20 +232,25 @@ def _embedding_store(request: StackRequest, model):
     return open_in_folder(request.store, request.image, model, precision, request.image_name)
 
 
-def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray, progress, cancel,
+def _segment_plane(request: StackRequest, model, plane: tuple, source, progress, cancel,
                    store=None, key=None) -> np.ndarray:
-    """One plane of ``request`` -> ``H x W`` labels (float32 edges in mode ``"edges"``)."""
-    from . import edge_map, generate_masks, masks_to_labels, segment_boxes, segment_from_labels
+    """One plane of ``request`` (a :class:`~napari_sam.source.PlaneSource`) -> ``H x W`` labels (float32
+    edges in mode ``"edges"``)."""
+    from . import edge_map, generate_masks, segment_boxes, segment_from_labels
+    from .tiled import label_everything
 
-    shape = image.shape[:2]
+    shape = source.shape
     common = dict(precision=request.precision, progress=progress, cancel=cancel, store=store,
                   key=None if key is None else key.at(plane=plane))
-    if request.mode in ("everything", "edges"):
-        edges = request.mode == "edges"
-        records = generate_masks(image, model, strategy=request.strategy, return_logits=edges,
+    if request.mode == "everything":
+        return label_everything(source, model, amg=amg_kwargs(request.params), strategy=request.strategy,
+                                tile=request.tile, halo=request.halo, **common)
+    if request.mode == "edges":
+        if source.large:
+            raise ImageError(f"The edge map is made for images of up to {SCALING_LIMIT_TEXT}; this plane is "
+                             f"{shape[1]} x {shape[0]}. Crop it first, or segment everything (tiled) instead.")
+        records = generate_masks(source.rgb(), model, strategy=request.strategy, return_logits=True,
                                  **common, **amg_kwargs(request.params))
-        if not edges:
-            return masks_to_labels(records, shape=shape)
         if records and "logits" not in records[0]:  # box proposals keep no logits: edges of the masks
             return edge_map([r["segmentation"].astype(np.float32) for r in records], shape=shape)
         return edge_map(records, shape=shape)
@@ -247,14 +258,30 @@ def _segment_plane(request: StackRequest, model, plane: tuple, image: np.ndarray
         boxes, ids = request.boxes.get(plane) or request.boxes.get(None) or (np.zeros((0, 4)), np.zeros(0, int))
         if len(boxes) == 0:
             return np.zeros(shape, np.uint32)
-        painted = segment_boxes(image, boxes, model, **common)
+        painted = segment_boxes(source, boxes, model, **common)
         return np.where(painted > 0, np.concatenate([[0], ids])[painted], 0).astype(np.uint32)
     if request.mode == "labels":
         rough = np.asarray(request.rough_labels[plane])
         if not rough.any():
             return np.zeros(shape, rough.dtype)
-        return segment_from_labels(image, rough, model, use_mask_prompt=request.use_mask_prompt, **common)
+        return segment_from_labels(source, rough, model, use_mask_prompt=request.use_mask_prompt, **common)
     raise SamkitError(f"Unknown mode {request.mode!r}; choose one of {', '.join(MODES)}.")
+
+
+#: How large a plane the edge map takes (it keeps one full-size map per mask).
+SCALING_LIMIT_TEXT = "4096 x 4096 pixels"
+
+
+def plane_source(request: StackRequest, plane: tuple):
+    """The :class:`~napari_sam.source.PlaneSource` of one plane of a request (read lazily: a large 2D
+    image is never loaded whole)."""
+    from ..source import PlaneSource
+
+    if not plane:
+        data = request.levels if request.levels else request.image
+    else:
+        data = np.asarray(request.image[plane])
+    return PlaneSource(data, channel_axis=2 if request.rgb else None)
 
 
 def link_planes_of(labels: np.ndarray, link: str, planes: Sequence[tuple[int, ...]] | None = None):
@@ -333,17 +360,17 @@ def segment_stack(
     for k, plane in enumerate(request.planes):
         if cancel is not None and cancel():
             raise Cancelled(f"Cancelled before plane {k + 1} of {n}.")
-        image = np.asarray(request.image[plane])
+        source = plane_source(request, plane)
 
         def plane_progress(done: int, total: int | None, k=k) -> None:
             if progress is not None and total:
                 progress(k + min(done / total, 1.0), n)
 
         try:
-            result = _segment_plane(request, model, plane, image, plane_progress, cancel, store, key)
+            result = _segment_plane(request, model, plane, source, plane_progress, cancel, store, key)
         except SamkitError as error:
             raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
-        if request.mode == "everything":
+        if request.mode == "everything" and (n > 1 or not source.large):  # (tiles are numbered 1, 2, ... already)
             from skimage.segmentation import relabel_sequential
 
             result, _, _ = relabel_sequential(result.astype(np.uint32), offset=next_id)

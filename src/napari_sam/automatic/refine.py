@@ -38,16 +38,14 @@ from .. import clicks, zoom
 from ..embed import compute_embeddings
 from ..embedding import EmbeddingCache, EmbeddingKey
 from ..errors import PromptError
-from ..inference import decode_boxes_in_window, decode_prompts
+from ..inference import decode_boxes_in_window, decode_prompts, sample_logits
 from ..models.sam import SamModel
 from ..precision import resolve_precision
-from ..preprocess import as_rgb
 from ..prompt_checks import check_boxes
+from ..source import PlaneSource
 from . import amg
 from .windows import plan_windows
 
-#: Pixels sampled at once when logits are put on the image (bounds memory).
-_SAMPLE_PIXELS = 8 * 2**20
 #: Input pixels of context around each object's region when a box is decoded on the
 #: embedding tokens under it only (plus :data:`napari_sam.clicks.WINDOW_MARGIN_TOKENS`)
 #: instead of the whole 64 x 64 grid: the decoder's cost grows with the tokens it sees.
@@ -119,41 +117,6 @@ def _regions(boxes: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray
     return np.concatenate([lo, hi], axis=1).astype(np.int64)
 
 
-def _sample_logits(
-    low_res: torch.Tensor, regions: np.ndarray, window, input_size: tuple[int, int], image_size: int
-) -> list[torch.Tensor]:
-    """Bilinear samples of ``B x 1 x 256 x 256`` logits at the pixels of each region.
-
-    A window pixel ``(u, v)`` has its centre at input-frame coordinate
-    ``(u + 0.5) * input / window`` (per axis); the low-resolution logits cover the
-    padded ``S x S`` input, so its normalised coordinate is ``2 * that / S - 1``.
-    """
-    wx0, wy0, wx1, wy1 = window
-    sx = input_size[1] / (wx1 - wx0)
-    sy = input_size[0] / (wy1 - wy0)
-    sizes = regions[:, 2:] - regions[:, :2]  # (w, h)
-    rw, rh = int(sizes[:, 0].max()), int(sizes[:, 1].max())
-    u = torch.arange(rw, dtype=torch.float32)
-    v = torch.arange(rh, dtype=torch.float32)
-    ox = torch.from_numpy((regions[:, 0] - wx0).astype(np.float32))
-    oy = torch.from_numpy((regions[:, 1] - wy0).astype(np.float32))
-    gx = ((ox[:, None] + u[None] + 0.5) * sx) * (2.0 / image_size) - 1.0  # B x rw
-    gy = ((oy[:, None] + v[None] + 0.5) * sy) * (2.0 / image_size) - 1.0  # B x rh
-    out = []
-    per_chunk = max(1, _SAMPLE_PIXELS // max(1, rw * rh))
-    for start in range(0, regions.shape[0], per_chunk):
-        part = slice(start, start + per_chunk)
-        b = gx[part].shape[0]
-        grid = torch.stack(
-            [gx[part][:, None, :].expand(b, rh, rw), gy[part][:, :, None].expand(b, rh, rw)], dim=-1
-        )
-        sampled = F.grid_sample(low_res[part].float(), grid, mode="bilinear", align_corners=False)
-        for k in range(b):
-            w_k, h_k = sizes[start + k]
-            out.append(sampled[k, 0, :h_k, :w_k])
-    return out
-
-
 def _decode_window(
     model: SamModel,
     embedding,
@@ -185,7 +148,7 @@ def _decode_window(
     else:  # mask prompts are dense over the whole grid
         low_res, iou = decode_prompts(model, embedding, boxes=boxes_t, mask_input=torch.from_numpy(mask_inputs).float(),
                                       multimask=False)
-    patches = _sample_logits(low_res, regions, window, embedding.input_size, embedding.image_size)
+    patches = sample_logits(low_res, regions, window, embedding.input_size, embedding.image_size)
     result = []
     for k, patch in enumerate(patches):
         if mask_threshold:
@@ -247,7 +210,9 @@ def refine_boxes(
 
     Args:
         image: a 2D image (any input of :func:`napari_sam.preprocess.as_rgb`), or
-            its ``H x W x 3`` RGB with ``rgb_ready=True``.
+            its ``H x W x 3`` RGB with ``rgb_ready=True``, or a
+            :class:`~napari_sam.source.PlaneSource` (large images: only the windows
+            the boxes need are read).
         boxes: ``N x 4`` (x0, y0, x1, y1) pixel boxes.
         model: a loaded :class:`SamModel`.
         batch_size: boxes decoded together.
@@ -276,8 +241,8 @@ def refine_boxes(
     Returns:
         ``N`` :class:`RefinedObject`, in the order of ``boxes``.
     """
-    rgb = image if rgb_ready else as_rgb(image, channel_axis=channel_axis)
-    shape = rgb.shape[:2]
+    source = PlaneSource.of(image, channel_axis, rgb_ready=rgb_ready)
+    shape = source.shape
     boxes = check_boxes(boxes, shape)
     if mask_prompts is not None and len(mask_prompts) != boxes.shape[0]:
         raise PromptError(f"Got {len(mask_prompts)} mask prompts for {boxes.shape[0]} boxes; give one per box.")
@@ -287,8 +252,8 @@ def refine_boxes(
     precision = resolve_precision(precision, model.spec)
     results: list[RefinedObject | None] = [None] * boxes.shape[0]
     done = 0
-    embeddings = compute_embeddings(model, rgb, windows=windows, store=store, cache=cache, precision=precision,
-                                    cancel=cancel, key=key, rgb_ready=True)
+    embeddings = compute_embeddings(model, source, windows=windows, store=store, cache=cache, precision=precision,
+                                    cancel=cancel, key=key)
     for index, (window, embedding) in enumerate(zip(windows, embeddings)):
         members = np.flatnonzero(owner == index)
         for part in amg.batch_slices(members.size, batch_size):
@@ -354,7 +319,8 @@ def segment_boxes(
     """Box prompts -> instance labels: box ``i`` becomes label ``i + 1``.
 
     Args:
-        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
+        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`), or a
+            :class:`~napari_sam.source.PlaneSource` of a large one.
         boxes: ``N x 4`` (x0, y0, x1, y1) in pixels of the image.
         model: a loaded :class:`SamModel`.
         batch_size, zoom, mask_threshold, precision, progress, cancel, cache, store,
@@ -367,11 +333,10 @@ def segment_boxes(
     Raises:
         PromptError: boxes that are not ``N x 4``, not finite, empty or outside the image.
     """
-    rgb = as_rgb(image, channel_axis=channel_axis)
-    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
-                           precision=precision, progress=progress, cancel=cancel, cache=cache, rgb_ready=True,
-                           store=store, key=key)
-    return paint_objects(objects, rgb.shape[:2])
+    source = PlaneSource.of(image, channel_axis)
+    objects = refine_boxes(source, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
+                           precision=precision, progress=progress, cancel=cancel, cache=cache, store=store, key=key)
+    return paint_objects(objects, source.shape)
 
 
 def segment_from_labels(
@@ -402,7 +367,8 @@ def segment_from_labels(
     (useful for SAM models; LiteMedSAM was trained without mask prompts).
 
     Args:
-        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`).
+        image: a 2D image (see :func:`napari_sam.preprocess.as_rgb`), or a
+            :class:`~napari_sam.source.PlaneSource` of a large one.
         labels: ``H x W`` integer labels of the same height and width, 0 background.
         use_mask_prompt: give each object's pixels as a mask prompt too.
         box_margin: growth of each bounding box per side, in box sides.
@@ -424,11 +390,11 @@ def segment_from_labels(
     """
     from scipy import ndimage
 
-    rgb = as_rgb(image, channel_axis=channel_axis)
+    source = PlaneSource.of(image, channel_axis)
     labels = np.asarray(labels)
-    if labels.shape != rgb.shape[:2]:
+    if labels.shape != source.shape:
         raise PromptError(
-            f"The labels are {labels.shape} but the image is {rgb.shape[:2]} (height x width); "
+            f"The labels are {labels.shape} but the image is {source.shape} (height x width); "
             "they must cover the same pixels."
         )
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -456,10 +422,10 @@ def segment_from_labels(
     prompts = None
     if use_mask_prompt:
         prompts = [(dense[s] == k + 1, (s[1].start, s[0].start, s[1].stop, s[0].stop)) for k, s in enumerate(slices)]
-    objects = refine_boxes(rgb, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
+    objects = refine_boxes(source, boxes, model, batch_size=batch_size, zoom=zoom, mask_threshold=mask_threshold,
                            precision=precision, mask_prompts=prompts, box_iterations=box_iterations, progress=progress,
-                           cancel=cancel, cache=cache, rgb_ready=True, store=store, key=key)
-    painted = paint_objects(objects, rgb.shape[:2], ids=np.arange(1, ids.size + 1))
+                           cancel=cancel, cache=cache, store=store, key=key)
+    painted = paint_objects(objects, source.shape, ids=np.arange(1, ids.size + 1))
     out = np.zeros(labels.shape, dtype=out_dtype)
     nz = painted > 0
     out[nz] = ids[painted[nz] - 1].astype(out_dtype)

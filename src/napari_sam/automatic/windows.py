@@ -21,7 +21,9 @@ the encoder runs far fewer times than there are objects:
   cores), so the zoom is what makes images of many small objects slow. With
   ``max_windows``, when the plan needs more windows than that, the target size
   shrinks by ``sqrt(2)`` (less zoom: larger windows, each holding more objects)
-  until the plan fits, down to the whole image.
+  until the plan fits, down to the whole image. The automatic mode's budget grows
+  with the area segmented (:func:`window_budget`), so that a tile of a large image
+  gets the zoom an image of its size gets.
 
 Measured on LiteMedSAM with ground-truth boxes of fluorescent nuclei: objects of
 about 64 pixels at the input (a window four times the object) segment best;
@@ -33,6 +35,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import amg
+
+#: The automatic mode's ``max_windows`` is a budget per this many pixels (at least ``max_windows``
+#: per image): a 576 x 576 window of DSB 2018 nuclei got F1 0.846 with 48 windows and 0.931
+#: unbounded, against 0.914 for the 512 x 512 image with 48.
+BUDGET_AREA = 512 * 512
+
+
+def window_budget(max_windows: int, area: float) -> int:
+    """Windows for ``area`` pixels at ``max_windows`` per :data:`BUDGET_AREA` (at least ``max_windows``;
+    0: no limit)."""
+    if not max_windows:
+        return 0
+    return int(np.ceil(max_windows * max(1.0, area / BUDGET_AREA)))
 
 
 def _grid_starts(length: int, side: int, stride: int) -> np.ndarray:
