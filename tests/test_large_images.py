@@ -74,9 +74,10 @@ def test_the_overview_comes_from_a_pyramid_level_when_there_is_one(small_is_larg
     source = PlaneSource(levels)
     assert source.shape == (303, 384)
     np.testing.assert_array_equal(source.overview(90)[..., 0], image[::4, ::4])  # 76 x 96: the coarsest that fits
-    # level 1 is itself large (above the lowered bound): the full level is reduced instead
-    reduced = image[:302].reshape(151, 2, 192, 2).mean(axis=(1, 3))
-    np.testing.assert_array_equal(source.overview(150)[..., 0], np.rint(reduced).astype(np.uint8))
+    # level 1 is itself large (above the lowered bound): read band by band (here at its own resolution)
+    np.testing.assert_array_equal(source.overview(150)[..., 0], image[::2, ::2])
+    # only the full resolution is large enough (at most twice the side asked for: not reduced)
+    np.testing.assert_array_equal(source.overview(200)[..., 0], image)
 
 
 def test_a_large_image_is_prompted_by_region_with_the_masks_of_a_small_one(small_is_large, lite_medsam):
@@ -101,6 +102,9 @@ def test_a_large_image_is_prompted_by_region_with_the_masks_of_a_small_one(small
     # a box no window holds: answered from the overview, on the mask's bounding box only
     (coarse,) = predictor.predict_regions(box=[0, 0, 700, 580])
     assert coarse.masks.shape[1:] == (coarse.region[3] - coarse.region[1], coarse.region[2] - coarse.region[0])
+    assert predictor.last_coarse == pytest.approx(768 / 256)  # and it says so
+    predictor.predict_regions(box=box + offset)
+    assert predictor.last_coarse is None
     assert predictor.needs_encoder(box=[10, 10, 40, 40])  # a new zoomed window
     assert not predictor.needs_encoder(box=box + offset)  # embedded already
 
@@ -145,3 +149,68 @@ def test_samkit_segment_writes_a_large_image_tile_by_tile_into_zarr(small_is_lar
     err = capsys.readouterr().err
     assert "0 computed" in err, err
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), out[...])
+
+
+@pytest.mark.slow
+def test_the_tiles_of_one_image_run_on_dask_even_when_a_worker_dies(coins_mosaic, tiled_mosaic, lite_medsam,
+                                                                     tmp_path):
+    """A LocalCluster of 2 processes; one is killed once the first tile is written: Dask runs its tile
+    again elsewhere, and the labels are the serial run's."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from napari_sam.cluster import connect
+    from napari_sam.image_task import SegmentSettings
+
+    path = tmp_path / "mosaic.tif"
+    tifffile.imwrite(path, coins_mosaic)
+    parts = tmp_path / "parts"
+    client, cluster, _threads = connect(workers=2)
+    with cluster, client:
+        result = {}
+        run = threading.Thread(target=lambda: result.update(out=segment_tiled(
+            path, lite_medsam, tile=192, halo=48, client=client, parts=parts, worker_settings=SegmentSettings(),
+            worker_threads=1)))
+        run.start()
+        deadline = time.monotonic() + 240
+        while not list(parts.glob("tile-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = sorted(client.run(os.getpid).values())[0]
+        os.kill(victim, signal.SIGKILL)
+        run.join(timeout=300)
+        assert not run.is_alive()
+        assert victim not in client.run(os.getpid).values()
+    out = result["out"]
+    assert out.tiles == 4 and out.segmented + out.reused == 4
+    np.testing.assert_array_equal(out.labels, tiled_mosaic.labels)
+
+
+@pytest.mark.slow
+def test_samkit_segment_with_workers_sends_one_large_image_s_tiles_to_dask(coins_mosaic, tiled_mosaic, tmp_path,
+                                                                         capsys):
+    tifffile.imwrite(tmp_path / "mosaic.tif", coins_mosaic)
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(tmp_path / "mosaic.tif"), "-o", str(out), "--tile", "192", "--halo", "48",
+                 "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "the tiles run on Dask (2 workers)" in err, err
+    np.testing.assert_array_equal(tifffile.imread(out), tiled_mosaic.labels)
+
+
+def test_the_point_grid_strategy_runs_tile_by_tile_too(coins_mosaic, lite_medsam):
+    """Meta's point grid (strategy "points") in every tile; LiteMedSAM's weights declared as a
+    point model, as the widget tests do, so no SAM download is needed."""
+    import copy
+    from dataclasses import replace
+
+    model = copy.deepcopy(lite_medsam)
+    model.spec = replace(model.spec, name="lite_points", prompt_types=("points", "boxes", "masks"), multimask=True)
+    calls = []
+    # (LiteMedSAM answers points poorly: no filter, so that every tile paints something)
+    amg = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    result = segment_tiled(coins_mosaic, model, tile=192, halo=48, amg=amg,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert result.tiles == 4 and calls[-1] == (4, 4) and calls == sorted(calls)
+    assert result.labels.shape == coins_mosaic.shape and result.objects > 0

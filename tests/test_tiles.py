@@ -165,3 +165,20 @@ def test_a_cancelled_run_resumes_with_the_tiles_it_finished(monkeypatch, tmp_pat
         calls.clear()
         segment_tiled(image, other, tile=200, halo=30, parts=tmp_path / "parts", amg=amg)
         assert calls == list(range(12))
+
+
+def test_an_object_outlined_differently_by_two_tiles_is_not_split_between_two_labels():
+    """Tile 1 sees the nucleus larger than tile 0 did: most of its pixels are new, but it holds all
+    of tile 0's object, so it is that object (before, its new pixels became a second label)."""
+    grid = TileGrid((100, 200), tile=100, halo=30)
+    out = np.zeros((100, 200), np.uint32)
+    stitcher = Stitcher(out, grid)
+    first = np.zeros((100, 130), np.uint32)
+    rr, cc = disk((50, 98), 10, shape=first.shape)
+    first[rr, cc] = 1  # centre x 98: tile 0's
+    stitcher.add(grid[0], first)
+    second = np.zeros((100, 130), np.uint32)
+    rr, cc = disk((50, 102 - 70), 16, shape=second.shape)  # tile 1's window starts at x 70
+    second[rr, cc] = 1  # centre x 102: tile 1's, and 2.6 times larger
+    assert stitcher.add(grid[1], second) == 0
+    assert np.unique(out).tolist() == [0, 1]

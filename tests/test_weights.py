@@ -462,3 +462,11 @@ def test_samkit_download_with_a_garbage_url_is_one_line(spec, tmp_path, monkeypa
     assert main(["download", "vit_b", "--url", "garbage"]) == 4
     err = capsys.readouterr().err
     assert "give an http://" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_downloadable_model_has_its_size_so_a_wrong_body_stops_at_once():
+    from napari_sam.registry import MODELS
+
+    for spec in MODELS.values():
+        assert spec.size_bytes and spec.size_bytes > 10**7, spec.name
+    assert MODELS["vit_l"].size_bytes == 1_249_524_607 and MODELS["vit_t"].size_bytes == 40_728_226

@@ -96,10 +96,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="batch: segment images whose label image already exists too (default: skip them)")
     segment.add_argument("--summary", help="batch: the summary table (default: OUTPUT/samkit_summary.csv)")
     segment.add_argument("--workers", type=int,
-                         help="batch: run on a local Dask cluster of N worker processes (started and closed here)")
+                         help="run on a local Dask cluster of N worker processes (started and closed here): a "
+                              "batch's images, or one large image's tiles, are its tasks")
     segment.add_argument("--dask", metavar="ADDRESS",
-                         help="batch: run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
-                              "its workers must see the input and output folders")
+                         help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786), as "
+                              "--workers; its workers must see the input and output folders")
     segment.add_argument("--threads", type=int,
                          help="torch CPU threads per image (default: all cores; with --workers, cores / workers)")
     segment.add_argument("--model", default="lite_medsam",
@@ -374,7 +375,7 @@ def _is_batch(args) -> bool:
     from .files import LIST_SUFFIXES
     from .io import LABEL_SUFFIXES
 
-    if len(args.images) > 1 or args.dask or args.workers:
+    if len(args.images) > 1:
         return True
     only, output = Path(args.images[0]), Path(args.output)
     zarr_image = only.suffix.lower() == ".zarr"  # a folder that is one image
@@ -407,9 +408,24 @@ def _cmd_segment(args) -> int:
                      store_is_folder=bool(args.axes))
     read = read_inputs(task, settings)  # image and prompts checked before the model loads
     _say(args.quiet, _describe_input(task, settings, read))
+    if args.workers and args.dask:
+        from .errors import PromptError
+
+        raise PromptError("Give --workers (a local cluster) or --dask ADDRESS (an existing one), not both.")
     model = load_model(args.model, model_type=args.model_type, device=args.device)
-    result = segment_file(task, settings, model, inputs=read, progress=_progress(args.quiet, "segmenting"),
-                          say=lambda text: _say(args.quiet, text))
+    client = own = threads = None
+    if args.dask or args.workers:  # one image: its tiles are the Dask tasks
+        from .cluster import connect
+
+        client, own, threads = connect(args.dask, args.workers, args.threads)
+    try:
+        result = segment_file(task, settings, model, inputs=read, progress=_progress(args.quiet, "segmenting"),
+                              say=lambda text: _say(args.quiet, text), client=client, threads=threads)
+    finally:
+        if client is not None:
+            client.close()
+            if own is not None:
+                own.close()
     _say(args.quiet, f"wrote {result.objects} objects to {args.output} in {time.perf_counter() - started:.1f} s"
          + "".join(f" ({note})" for note in result.notes if not args.axes))
     for note in result.notes if args.axes else ():

@@ -177,3 +177,68 @@ def run_on_dask(
         if own is not None:
             client.close()
             own.close()
+
+
+# --------------------------------------------------------------------------- tiles of one large image
+
+
+def segment_tile_on_worker(tile, path, settings: SegmentSettings, amg: dict, strategy: str, precision: str,
+                           parts, description: dict, scaling, threads: int | None = None) -> int:
+    """The Dask task of one tile of a large image: open the image (lazily), segment the tile's window,
+    write its labels to the parts folder; returns the tile's index (no pixels travel)."""
+    from .automatic.tiled import TileParts, segment_tile
+    from .io import open_image
+    from .source import PlaneSource
+
+    model = worker_model(settings, threads or worker_threads())
+    source = PlaneSource(open_image(path), settings.channel_axis, settings.preprocessing.get("channels"),
+                         signature=description["image"], scaling=scaling)
+    labels = segment_tile(source, tile, model, amg, strategy=strategy, precision=precision)
+    TileParts(parts, description, writer=True).put(tile, labels)
+    return tile.index
+
+
+def run_tiles(client, path, source, grid, settings: SegmentSettings, amg: dict, strategy: str, precision: str,
+              keeper, progress, cancel, result, threads: int | None = None):
+    """``(tile, labels)`` of every tile in raster order, the missing ones segmented as Dask tasks.
+
+    Tiles already in ``keeper`` (a resumed run) are not sent; a tile whose worker died is
+    retried by Dask; stitching (in the caller) goes in raster order as tiles arrive.
+    """
+    from distributed import as_completed
+
+    n = len(grid)
+    done = {t.index for t in grid if keeper.get(t) is not None}
+    result.reused = len(done)
+    missing = [t for t in grid if t.index not in done]
+    futures = client.map(segment_tile_on_worker, missing, path=str(path), settings=settings, amg=amg,
+                         strategy=strategy, precision=precision, parts=str(keeper.path),
+                         description=keeper.description, scaling=source.scaling, threads=threads, pure=False)
+    finished = as_completed(futures)
+    next_index = 0
+    try:
+        while next_index < n:
+            while next_index < n and next_index in done:
+                tile = grid[next_index]
+                labels = keeper.get(tile)
+                if labels is None:
+                    raise SamkitError(f"Tile {next_index} was segmented but its labels are not in {keeper.path}: "
+                                      "do the workers see that folder?")
+                next_index += 1
+                yield tile, labels
+            if next_index >= n:
+                break
+            if cancel is not None and cancel():
+                raise Cancelled(f"Segment everything was cancelled after {len(done)} of {n} tiles.")
+            future = next(finished)
+            try:
+                index = future.result()
+            except Exception as error:  # noqa: BLE001 - e.g. KilledWorker
+                raise SamkitError(f"A tile could not be segmented on Dask ({type(error).__name__}: {error}); the "
+                                  "tiles finished are kept: run again to resume.") from error
+            done.add(index)
+            result.segmented += 1
+            if progress is not None:
+                progress(len(done), n)
+    finally:
+        client.cancel([f for f in futures if not f.done()])

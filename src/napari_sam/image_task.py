@@ -277,6 +277,8 @@ def segment_file(
     progress: Callable[[float, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     say: Callable[[str], None] = _no_message,
+    client=None,
+    threads: int | None = None,
 ) -> SegmentedImage:
     """Segment ``task.image`` with ``model`` and write ``task.output`` (and its overlay / tracks).
 
@@ -287,6 +289,8 @@ def segment_file(
         cancel: polled during the segmentation; True raises :class:`~napari_sam.errors.Cancelled`
             (nothing is written then).
         say: where remarks for the person go (the command line prints them).
+        client, threads: a ``distributed.Client``: the tiles of a large 2D image (automatic
+            mode) run as its tasks, with ``threads`` torch threads each (see :mod:`napari_sam.cluster`).
 
     Raises:
         SamkitError: bad image, prompts or outputs, with what to do; nothing is written then.
@@ -301,7 +305,7 @@ def segment_file(
         written = [*extra, write_labels(task.output, labels)]
         objects, mean_area = label_figures(labels)
     else:
-        sink, notes, extra = _segment_plane(task, settings, model, inputs, progress, cancel, say)
+        sink, notes, extra = _segment_plane(task, settings, model, inputs, progress, cancel, say, client, threads)
         objects, mean_area = label_figures(sink.array)
         written = [*extra, sink.publish()]
         _parts_folder(task).exists() and _remove_parts(task)
@@ -319,7 +323,8 @@ def _remove_parts(task: ImageTask) -> None:
     shutil.rmtree(_parts_folder(task), ignore_errors=True)
 
 
-def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, say) -> tuple:
+def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, say, client=None,
+                   threads=None) -> tuple:
     """A 2D image (any size) -> ``(LabelSink, notes, extra files written)``; nothing is published."""
     from .automatic.generator import uses_point_grid
     from .io import LabelSink, overlay_image, write_png
@@ -351,10 +356,16 @@ def _segment_plane(task, settings, model, inputs: TaskInputs, progress, cancel, 
             if not tiles.single:
                 say(f"{len(tiles)} tiles of {tiles.tile} px with a {tiles.halo} px halo ({tiles.rows} x "
                     f"{tiles.cols}); finished tiles are kept in {_parts_folder(task)} until the labels are written")
+            if client is not None and not tiles.single:
+                say(f"the tiles run on Dask ({len(client.scheduler_info().get('workers', {}))} workers)")
+            elif client is not None:
+                say("the image fits in one tile: it is segmented here, not on Dask")
             label_everything(source, model, amg=settings.amg_values(), strategy=settings.strategy,
                              precision=settings.precision, tile=settings.tile, halo=settings.halo,
                              output=sink.array, parts=None if tiles.single else _parts_folder(task),
-                             progress=progress, cancel=cancel, **stored)
+                             progress=progress, cancel=cancel, client=client, path=task.image,
+                             worker_settings=settings, worker_threads=threads, channel_axis=settings.channel_axis,
+                             channels=settings.preprocessing.get("channels"), **stored)
         if store:
             notes.append(f"{store.reads} embedding(s) read from {store.path}, {store.writes} computed")
         extra = [write_png(task.overlay, _overlay(source, sink.array, overlay_image))] if task.overlay else []

@@ -131,6 +131,9 @@ class Predictor:
         self._source: PlaneSource | None = None  # the plane windows are read from
         self._window_key: EmbeddingKey | None = None  # the key windows are stored under (built once per image)
         self._frames = zooming.LogitFrames()
+        #: How much smaller than the image the view of the last answer was, when it came from the
+        #: overview of a large image (a prompt no window or tile holds); None otherwise.
+        self.last_coarse: float | None = None
 
     @property
     def spec(self):
@@ -383,6 +386,7 @@ class Predictor:
         embedding = self._require_embedding()
         if points is None and box is None and mask_input is None:
             raise PromptError("Give at least one prompt: points with labels, a box, or a mask_input.")
+        self.last_coarse = None
         boxes = None if box is None else check_boxes(box, embedding.original_size)
         batch = 1 if boxes is None else boxes.shape[0]
         coords = point_labels = None
@@ -487,6 +491,8 @@ class Predictor:
         :class:`RegionPrediction` per box row (one without boxes)."""
         if window is None:
             embedding = self._embedding
+            if self.large:
+                self.last_coarse = max(embedding.original_size) / max(embedding.input_size)
         else:
             embedding = self.window_embedding(window)
             x0, y0, x1, y1 = window

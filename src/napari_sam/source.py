@@ -60,6 +60,8 @@ class PlaneSource:
         rgb_ready: ``data`` is already the ``H x W x 3`` output of ``as_rgb``.
         signature: the image's :func:`~napari_sam.embedding.image_signature`, when
             known (computed on first use otherwise).
+        scaling: the plane's :attr:`scaling`, when known (a Dask worker gets the one the
+            client computed instead of sampling the image again).
 
     Thread-safe: the annotator reads windows in a worker while it previews.
     """
@@ -72,6 +74,7 @@ class PlaneSource:
         *,
         rgb_ready: bool = False,
         signature: str | None = None,
+        scaling: RgbScaling | None = None,
     ) -> None:
         levels = list(data) if isinstance(data, (list, tuple)) else [data]
         if not levels or any(not hasattr(level, "shape") for level in levels):
@@ -93,7 +96,7 @@ class PlaneSource:
             raise ImageError(f"The image of shape {tuple(self.data.shape)} is too small to segment (need at least "
                              "2 x 2 pixels).")
         self._signature = signature
-        self._scaling: RgbScaling | None = None
+        self._scaling: RgbScaling | None = scaling
         self._whole: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -207,18 +210,20 @@ class PlaneSource:
         twice that), for the whole-image embedding of a large plane.
 
         A small plane is returned whole. A large one comes from the coarsest pyramid
-        level that is large enough, or else is reduced by averaging blocks of pixels,
-        reading a band of rows at a time.
+        level that is large enough (the full resolution when there is no pyramid),
+        reduced by averaging blocks of pixels, a band of rows at a time, when that
+        level is itself large.
         """
         if not self.large:
             return self.rgb()
-        h, w = self.shape
-        for level in reversed(self.levels[1:]):
-            level_source = PlaneSource(level, self.channel_axis, self.channels, rgb_ready=self.rgb_ready)
-            if max(level_source.shape) >= side and not level_source.large:
-                return self._to_rgb(level_source._raw(None))
-        factor = max(1, int(max(h, w) // side))
-        return self._reduced(factor)
+        for level in reversed(self.levels):  # the coarsest level large enough, then reduced if need be
+            source = self if level is self.data else PlaneSource(level, self._given_channel_axis, self.channels,
+                                                                  rgb_ready=self.rgb_ready, scaling=self.scaling)
+            if max(source.shape) >= side:
+                if not source.large:
+                    return source._to_rgb(source._raw(None))
+                return source._reduced(max(1, int(max(source.shape) // side)))
+        return self._reduced(1)
 
     def _reduced(self, factor: int) -> np.ndarray:
         """The plane averaged over ``factor x factor`` blocks (the last partial blocks dropped), RGB 0-255

@@ -511,6 +511,10 @@ class AnnotatorWidget(Container):
                 self._geometry.write(self.preview_layer.data, plane, collapsed=True)
                 self.preview_layer.refresh()
         self.controls.mask_info.value = self.choice.describe() if self.choice else ""
+        coarse = self.predictor.last_coarse if self.predictor is not None and self._predictions else None
+        if coarse:
+            self.controls.set_status(f"A prompt this large is answered from a view of the whole image {coarse:.0f}x "
+                                     "smaller: its outline is coarse. Box a smaller part to see it at full resolution.")
         return plane
 
     def _draw_region(self, plane: np.ndarray, region: tuple) -> None:

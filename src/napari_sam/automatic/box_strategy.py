@@ -110,7 +110,7 @@ def segment_everything_with_boxes(
         store, key: embedding store and the key of ``rgb``'s plane (see :func:`.refine.refine_boxes`).
         core: ``(x0, y0, x1, y1)``: only objects centred there are wanted (a tile's core,
             see :mod:`.tiled`): proposals centred farther than :data:`CORE_MARGIN` outside it
-            are dropped, and the window budget is for its area.
+            are dropped, and the window budget is for the area of the core and that margin.
 
     Returns:
         Records as Meta's generator: ``segmentation`` (``H x W`` bool, disjoint),
@@ -124,11 +124,12 @@ def segment_everything_with_boxes(
     boxes = proposals.boxes
     area = shape[0] * shape[1]
     if core is not None and boxes.shape[0]:
-        x0, y0, x1, y1 = core
+        h, w = shape
+        x0, y0 = max(0, core[0] - CORE_MARGIN), max(0, core[1] - CORE_MARGIN)
+        x1, y1 = min(w, core[2] + CORE_MARGIN), min(h, core[3] + CORE_MARGIN)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
-        near = ((centres >= [x0 - CORE_MARGIN, y0 - CORE_MARGIN]) & (centres < [x1 + CORE_MARGIN, y1 + CORE_MARGIN]))
-        boxes = boxes[near.all(1)]
-        area = (x1 - x0) * (y1 - y0)
+        boxes = boxes[((centres >= [x0, y0]) & (centres < [x1, y1])).all(1)]
+        area = (x1 - x0) * (y1 - y0)  # the budget is for the part whose objects are segmented
     if boxes.shape[0] == 0:
         return []
     # Meta's mask threshold (0) here: the filters below were tuned with it, and the

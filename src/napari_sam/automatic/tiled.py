@@ -19,11 +19,12 @@ native resolution, with memory bounded by the tile, not the plane:
      objects up to ``2 x halo`` across are whole in that window, and none is
      counted twice. (A larger object is cut by the window edge.)
    * Painting never overwrites an object painted by an earlier tile.
-   * An object that mostly (:data:`DUPLICATE_SHARE`) lies on one painted earlier is
-     the same object seen from two tiles (its centre moved across the seam): it is
-     not painted again. An object that was cut by a window edge joins the object it
-     overlaps (by :data:`MERGE_SHARE` of the smaller of the two there), so large
-     objects that cross a seam become one label.
+   * An object that overlaps one painted earlier by most (:data:`DUPLICATE_SHARE`) of
+     the smaller of the two is the same object seen from two tiles (its centre moved
+     across the seam, its outline a little different): it is not painted again, so the
+     object is not split between two labels. An object that was cut by a window edge
+     joins the object it overlaps (by :data:`MERGE_SHARE` of the smaller of the two),
+     so large objects that cross a seam become one label.
 
 Labels are 1, 2, ... in the order objects are painted (raster order of tiles).
 """
@@ -43,7 +44,7 @@ import numpy as np
 from ..errors import Cancelled, SamkitError
 from ..tiles import Tile, TileGrid
 
-#: An object with at least this share of its pixels on one label painted before is that object.
+#: Two objects that share at least this share of the smaller one's pixels are one object.
 DUPLICATE_SHARE = 0.5
 #: An object cut by a window edge (or one touching a cut object) joins the object it overlaps
 #: by at least this share of the smaller of the two (within the object's bounding box).
@@ -158,13 +159,13 @@ class Stitcher:
                 found, counts = np.unique(under[under > 0], return_counts=True)
                 best = int(np.argmax(counts))
                 other, overlap = int(found[best]), int(counts[best])
-                area = int(mask.sum())
+                smaller = min(int(mask.sum()), int((painted == other).sum()))
                 joins = cut or other in self._cut
-                if overlap >= DUPLICATE_SHARE * area:
+                if overlap >= DUPLICATE_SHARE * smaller:
                     if not joins:
                         continue  # the same object, already painted from the tile next door
                     target = other
-                elif joins and overlap >= MERGE_SHARE * min(area, int((view == other).sum())):
+                elif joins and overlap >= MERGE_SHARE * smaller:
                     target = other
             free = mask & (view == 0)
             if not free.any():
@@ -192,11 +193,16 @@ class TileParts:
     opened for another one, it is emptied.
     """
 
-    def __init__(self, path: str | os.PathLike, description: dict) -> None:
+    def __init__(self, path: str | os.PathLike, description: dict, *, writer: bool = False) -> None:
+        """Open (or make) the parts folder of a run; ``writer``: a Dask worker's handle on a folder
+        its client made (never emptied)."""
         import zarr
 
         self.path = Path(path)
         self.description = json.loads(json.dumps(description, sort_keys=True, default=str))
+        if writer:
+            self._group = zarr.open_group(str(self.path), mode="r+")
+            return
         group = None
         if (self.path / "zarr.json").is_file():
             try:
@@ -266,6 +272,8 @@ def segment_tiled(
     progress: Callable[[float, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     client=None,
+    worker_settings=None,
+    worker_threads: int | None = None,
 ) -> TiledResult:
     """Segment everything in a 2D plane of any size, tile by tile (see the module docstring).
 
@@ -287,8 +295,13 @@ def segment_tiled(
         progress: ``progress(tiles_done, n_tiles)``, fractional within a tile.
         cancel: polled between and inside tiles; True raises :class:`~napari_sam.errors.Cancelled`
             (finished tiles stay in ``parts`` and their embeddings in ``store``).
-        client: a ``distributed.Client``: tiles run as Dask tasks (``image`` must then be
-            something a worker can open: see :mod:`napari_sam.cluster`).
+        client: a ``distributed.Client``: tiles run as Dask tasks, each writing its labels to
+            ``parts`` (required, on a file system the workers see); ``image`` is then the path
+            of the image file, which each worker opens itself (see :mod:`napari_sam.cluster`).
+        worker_settings: with ``client``, the :class:`~napari_sam.image_task.SegmentSettings`
+            the workers load the model with (model, model_type, device).
+        worker_threads: with ``client``, torch threads per task (None: each worker's CPUs
+            shared among its Dask threads).
 
     Returns:
         :class:`TiledResult`.
@@ -299,6 +312,14 @@ def segment_tiled(
     from .parameters import amg_defaults, check_amg_parameters
 
     started = time.perf_counter()
+    path = None
+    if isinstance(image, (str, os.PathLike)):
+        from ..io import open_image
+
+        path, image = Path(image), open_image(image)
+    if client is not None and (path is None or parts is None or worker_settings is None):
+        raise SamkitError("Tiles on Dask need the image's path, a parts folder the workers see and the "
+                          "workers' model settings (image=PATH, parts=FOLDER, worker_settings=...).")
     source = PlaneSource.of(image, channel_axis, channels)
     grid = TileGrid.for_model(source.shape, model.spec, tile, halo)
     settings = {**amg_defaults(), **check_amg_parameters(**(amg or {}))}
@@ -317,8 +338,8 @@ def segment_tiled(
     if client is not None:
         from ..cluster import run_tiles
 
-        tiles = run_tiles(client, source, grid, model, settings, strategy, precision, keeper, progress, cancel,
-                          result)
+        tiles = run_tiles(client, path, source, grid, worker_settings, settings, strategy, precision, keeper,
+                          progress, cancel, result, worker_threads)
     else:
         tiles = _run_here(source, grid, model, settings, strategy, precision, keeper, store, key, progress, cancel,
                           result)
@@ -376,13 +397,17 @@ def label_everything(
     progress: Callable[[float, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     client=None,
+    path: str | os.PathLike | None = None,
+    worker_settings=None,
+    worker_threads: int | None = None,
 ) -> np.ndarray:
     """Segment everything in a 2D plane into labels: the one entry point of the CLI, the widget and batches.
 
     A plane that fits in one tile (``tile + 2 x halo``, see :class:`~napari_sam.tiles.TileGrid`)
     is segmented whole, exactly as :func:`~napari_sam.automatic.generate_masks` and
     :func:`~napari_sam.automatic.masks_to_labels`; a larger one tile by tile
-    (:func:`segment_tiled`). Arguments as :func:`segment_tiled`.
+    (:func:`segment_tiled`), on Dask with ``client`` (then ``path`` is the image's file,
+    which the workers open). Arguments as :func:`segment_tiled`.
 
     Returns:
         ``H x W`` labels (uint32; the ``output`` array when one was given).
@@ -392,9 +417,12 @@ def label_everything(
     source = PlaneSource.of(image, channel_axis, channels)
     grid = TileGrid.for_model(source.shape, model.spec, tile, halo)
     if not grid.single:
-        return segment_tiled(source, model, amg=amg, tile=tile, halo=halo, strategy=strategy, precision=precision,
-                             output=output, parts=parts, store=store, key=key, progress=progress, cancel=cancel,
-                             client=client).labels
+        on_dask = {} if client is None else dict(client=client, worker_settings=worker_settings,
+                                                 worker_threads=worker_threads)
+        return segment_tiled(path if client is not None else source, model, amg=amg, tile=tile, halo=halo,
+                             strategy=strategy, precision=precision, output=output, parts=parts, store=store,
+                             key=key, progress=progress, cancel=cancel, channel_axis=channel_axis,
+                             channels=channels, **on_dask).labels
     from . import generate_masks, masks_to_labels
 
     records = generate_masks(source.rgb(), model, strategy=strategy, precision=precision, progress=progress,
