@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {run + 1} | {headless:.1f} | {seconds:.1f} | {seconds / headless:.2f} | "
                   f"{len(moving)} between 0 and 100 % | {stalls} | {1000 * max(gaps, default=0):.0f} |", flush=True)
         viewer.layers.clear()
+        # (let napari finish removing them before adding more: napari 0.9.2 on Xvfb crashed in
+        # glDrawArrays when all layers were removed and a new one drawn at once while a thread computed)
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.01)
     viewer.close()
     return 0
 

@@ -31,7 +31,7 @@ for box in ([26, 128, 77, 182], [27, 189, 76, 243]):
     widget.wait_until_ready(timeout=600)
     print(f"box previewed in {time.time() - start:.2f} s, region {widget.preview_region}", flush=True)
 widget.commit()
-widget.add_boxes([[96 + oy, 40 + ox, 150 + oy, 96 + ox]])  # a third coin, previewed, not committed
+widget.add_boxes([[101 + oy, 20 + ox, 149 + oy, 71 + ox]])  # a third coin, previewed, not committed
 widget.wait_until_ready(timeout=600)
 viewer.camera.center = (oy + 90, ox + 150)
 viewer.camera.zoom = 2.2

@@ -113,7 +113,7 @@ class FolderRun(Container):
         self.progress.value = 0
         self._set_running(True, f"Segmenting {self.input.value} on {WHERE[where]}…")
         self.worker = start_worker(_segment_folder, str(self.input.value), str(self.output.value), settings, options,
-                                   progress=f"Segmenting folder {self.input.value.name}", on_return=self._on_done,
+                                   on_return=self._on_done,
                                    on_error=lambda error: self._report(str(error)), on_finish=self._on_finish,
                                    lifetime=self._lifetime)
         return self.worker

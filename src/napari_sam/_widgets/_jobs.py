@@ -65,9 +65,13 @@ class Lifetime:
         return self.alive
 
 
-def start_worker(function, *args, progress: str | None = None, on_return=None, on_error=None, on_finish=None,
-                 lifetime: Lifetime | None = None):
-    """Start ``function(*args)`` in a napari thread worker with an optional progress bar.
+def start_worker(function, *args, on_return=None, on_error=None, on_finish=None, lifetime: Lifetime | None = None):
+    """Start ``function(*args)`` in a napari thread worker.
+
+    The widgets show their own progress (a bar, a status line). napari's own activity
+    bar for a function worker is an animated busy indicator: while it was shown, the
+    automatic widget's run on coins took 11.2-11.8 s instead of 5.3-5.5 s on this 2-core
+    machine (``benchmarks/widget_responsiveness.py``), so none is started.
 
     Exceptions come back to ``on_error`` as values, so napari does not also show
     its own raw traceback notification for an error the widget explains (without
@@ -76,8 +80,7 @@ def start_worker(function, *args, progress: str | None = None, on_return=None, o
     """
     from napari.qt.threading import create_worker
 
-    kwargs = {"_progress": {"desc": progress}} if progress else {}
-    worker = create_worker(_catching, function, *args, **kwargs)
+    worker = create_worker(_catching, function, *args)
 
     def returned(value) -> None:
         if lifetime is not None and not lifetime:
@@ -241,7 +244,6 @@ class EmbeddingJobs:
             job.channels,
             job.precision,
             job.store,
-            progress="Computing image embedding",
             on_return=lambda embedding: self._returned(job, embedding),
             on_error=lambda error: self._errored(job, error),
             on_finish=self._finished,
@@ -359,7 +361,7 @@ class ModelLoader:
             self._workers.discard(worker)
 
         worker = start_worker(
-            _load, name_or_path, device, progress=f"Loading model {name_or_path}",
+            _load, name_or_path, device,
             on_return=returned, on_error=errored, on_finish=finished, lifetime=self.lifetime,
         )
         self._workers.add(worker)

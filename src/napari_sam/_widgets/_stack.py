@@ -301,7 +301,7 @@ class StackTools:
         self.cancel_button.enabled = True
         self._timer.start()
         self.annotator.controls.set_status(f"{desc}…")
-        self.worker = start_worker(function, *args, progress=desc, on_return=on_return, on_error=self._on_error,
+        self.worker = start_worker(function, *args, on_return=on_return, on_error=self._on_error,
                                    on_finish=self._on_finish, lifetime=self.annotator._lifetime)
 
     def _on_error(self, error: BaseException) -> None:

@@ -392,7 +392,6 @@ class AutomaticSegmentationWidget(Container):
         self._set_running(True, text)
         self.worker = start_worker(
             _run, request, self._models.get(key), key[0], key[1], self._on_progress, self._cancel.is_set,
-            progress=f"Automatic segmentation of {layer.name}",
             on_return=lambda outcome: self._on_done(outcome, request, layer, key),
             on_finish=self._on_finish, lifetime=self._lifetime,
         )

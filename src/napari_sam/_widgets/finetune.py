@@ -233,7 +233,7 @@ class FineTuneWidget(Container):
         self._set_running(True, f"Fine-tuning {self.base.value} on {len(items)} plane(s), {objects} objects…")
         self.worker = start_worker(
             _train, items, name, self.base.value, settings, self.store.value, self._on_progress,
-            self._cancel.is_set, progress=f"Fine-tuning {name}", on_return=self._on_done,
+            self._cancel.is_set, on_return=self._on_done,
             on_error=self._on_error, on_finish=self._on_finish, lifetime=self._lifetime,
         )
         return self.worker

@@ -366,7 +366,7 @@ class ImageSeriesWidget(Container):
             self._prefetch_running = False
 
         start_worker(self.series.prepare, index, model, precision, self.annotator.cache, store, channels_first,
-                     path.stem, progress=f"Preparing {path.name}", on_return=returned, on_error=failed,
+                     path.stem, on_return=returned, on_error=failed,
                      on_finish=finished, lifetime=self._lifetime)
 
     @property
