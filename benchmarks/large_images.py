@@ -4,7 +4,7 @@ Data: DSB 2018's ``img2d.tif`` and its 125 annotated nuclei (512 x 512, the star
 wheel), as in ``evaluate_quality.py``. Every figure runs the default model (LiteMedSAM)
 and default parameters on this machine's threads.
 
-Sections (``--only growth,seams,upsampled,store``):
+Sections (``--only growth,seams,upsampled,discs,store``):
 
 * ``growth``: a W x W field of nuclei at a constant density: the 256 x 256 top-left
   quarter of DSB (29 nuclei) repeated every 512 px on its own dark background (a quarter
@@ -19,6 +19,9 @@ Sections (``--only growth,seams,upsampled,store``):
 * ``upsampled``: DSB upsampled 2x (1024 x 1024, nuclei twice as large, tiled) against DSB
   at its native size: F1 against the (upsampled) ground truth for both, and for the same
   image squeezed into one window (no tiles), as before tiles.
+* ``discs``: the hardening issue's memory figure: bright discs on a dark, noisy background,
+  16 (a 4 x 4 grid, radius 6 % of the side) or 256 (16 x 16, 1.5 %) of them, at 1024, 2048
+  and 4096 px; ``samkit segment`` in a fresh process: peak RSS, time, objects found.
 * ``store``: an 8192 x 8192 field: ``samkit embed --store`` of all its tiles, then the time
   to read a tile's embedding from the store against computing it, and the first box preview
   of a fresh :class:`~napari_sam.predictor.Predictor` on the stored image.
@@ -176,6 +179,36 @@ def upsampled(args) -> None:
         print(f"- {name}: F1 {rows[-1][1]:.3f} in {rows[-1][2]:.1f} s", flush=True)
 
 
+def discs_image(side: int, per_row: int, seed: int = 0) -> np.ndarray:
+    """``per_row**2`` bright discs on a dark noisy background (uint8)."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 6, (side, side)).clip(0, 255)
+    radius = side * (0.06 if per_row <= 4 else 0.015)
+    for i in range(per_row):
+        for j in range(per_row):
+            centre = ((i + 0.5) * side / per_row, (j + 0.5) * side / per_row)
+            rr, cc = disk(centre, radius, shape=image.shape)
+            image[rr, cc] += 150
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def discs(args) -> None:
+    print("\n## discs: peak memory with objects x pixels (samkit segment, one process per run)\n")
+    print("| side | discs | found | seconds | peak RSS GB |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for side in args.disc_sizes:
+            for per_row in (4, 16):
+                path = Path(folder) / f"discs_{side}_{per_row}.tif"
+                tifffile.imwrite(path, discs_image(side, per_row))
+                out = Path(folder) / f"labels_{side}_{per_row}.tif"
+                seconds, peak, _ = time_v([SAMKIT, "segment", str(path), "-o", str(out), "--quiet"])
+                found = len(np.unique(tifffile.imread(out))) - 1
+                print(f"| {side} | {per_row ** 2} | {found} | {seconds:.0f} | {peak:.2f} |", flush=True)
+
+
 def store(args) -> None:
     from napari_sam import load_model
     from napari_sam.embed import embed_one
@@ -227,14 +260,17 @@ def store(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="growth,seams,upsampled,store")
+    parser.add_argument("--only", default="growth,seams,upsampled,discs,store")
     parser.add_argument("--sizes", default="2048,4096,8192")
+    parser.add_argument("--disc-sizes", default="1024,2048,4096")
     parser.add_argument("--data-dir", default=quality.default_data_dir())
     args = parser.parse_args()
     args.sizes = [int(v) for v in args.sizes.split(",")]
+    args.disc_sizes = [int(v) for v in args.disc_sizes.split(",")]
     print(f"# large images, {os.cpu_count()} CPU(s), torch threads default")
     for section in args.only.split(","):
-        {"growth": growth, "seams": seams, "upsampled": upsampled, "store": store}[section.strip()](args)
+        sections = {"growth": growth, "seams": seams, "upsampled": upsampled, "discs": discs, "store": store}
+        sections[section.strip()](args)
 
 
 if __name__ == "__main__":

@@ -441,3 +441,19 @@ def test_edge_map_empty_and_errors():
         edge_map([])
     with pytest.raises(SamkitError, match="return_logits"):
         edge_map([{"segmentation": np.zeros((4, 4), bool)}])
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"area": 3}], "Record 0 has no 'segmentation'"),
+        ([{"segmentation": np.zeros((2, 8, 8), bool)}], "each mask is one H x W plane"),
+        ([{"segmentation": np.zeros((8, 8), bool)}, {"segmentation": np.zeros((10, 10), bool)}],
+         "The masks have different shapes"),
+    ],
+)
+def test_masks_to_labels_says_what_is_wrong_with_the_records(records, message):
+    from napari_sam.errors import SamkitError
+
+    with pytest.raises(SamkitError, match=message):
+        masks_to_labels(records)

@@ -69,6 +69,11 @@ def test_models_lists_the_embedded_default(capsys):
          "crop_overlap_ratio must be between 0 and 0.99"),
         (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--points-per-side", "0"], 2,
          "points_per_side must be between 1 and 256"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--boxes", "{folder}/boxes.csv",
+          "--mask-threshold", "nan"], 2, "mask_threshold must be a logit between -20 and 20"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--tile", "10"], 2, "tile must be at least 64"),
+        (["segment", "{folder}/coins.png", "-o", "{folder}/x.tif", "--tile", "512", "--halo", "500"], 2,
+         "halo must be less than half the tile"),
     ],
 )
 def test_errors_are_one_actionable_line(coins_files, capsys, args, code, message):

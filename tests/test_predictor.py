@@ -197,3 +197,14 @@ def test_one_click_alone_gives_three_masks_more_prompts_one():
     fed = predictor.predict(points=[[x, y]], labels=[1], mask_input=one.low_res_logits[0])
     assert fed.masks.shape[0] == 1
     assert predictor.predict(points=[[x, y], [x + 2, y]], labels=[1, 1], multimask=True).masks.shape[0] == 3
+
+
+def test_a_thin_strip_is_embedded_at_least_one_pixel_tall(lite_medsam):
+    """A 10 x 10000 strip is 0.256 px tall at the 256 px input: PIL refused a height of 0."""
+    strip = np.zeros((10, 10000), np.uint8)
+    strip[2:8, 4000:4100] = 200
+    predictor = Predictor(lite_medsam)
+    embedding = predictor.set_image(strip)
+    assert embedding.input_size == (1, 256)
+    masks = predictor.predict(box=[3990, 0, 4110, 10]).masks
+    assert masks.shape == (1, 10, 10000)

@@ -86,10 +86,12 @@ class SegmentSettings:
         from .errors import SettingsError
         from .linking import check_linking
         from .precision import resolve_precision
+        from .prompt_checks import check_mask_threshold
         from .propagation import check_propagation
         from .tiles import check_tiling
 
         resolve_precision(self.precision)
+        check_mask_threshold(self.mask_threshold)
         if self.strategy not in STRATEGIES:
             raise SettingsError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}.")
         check_table(AMG_PARAMETERS, dict(self.amg), "automatic segmentation parameter")

@@ -199,7 +199,8 @@ def resized_shape(original_size: tuple[int, int], target_length: int) -> tuple[i
     """``(h, w)`` after scaling the longest side of ``original_size`` to ``target_length``."""
     old_h, old_w = original_size
     scale = target_length / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    # (at least one pixel: a 10 x 10000 strip is 0.256 px tall at 256; Meta's rounding gives 0)
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
 
 def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

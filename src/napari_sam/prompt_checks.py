@@ -114,3 +114,25 @@ def check_mask_input(mask_input, side: int, batch: int) -> np.ndarray:
     if array.shape[0] not in (1, batch):
         raise PromptError(f"Got {array.shape[0]} mask inputs for {batch} prompts; give one, or one per box.")
     return array
+
+
+#: Logit thresholds beyond this are no threshold at all (the decoder's logits stay well inside).
+MAX_MASK_THRESHOLD = 20.0
+
+
+def check_mask_threshold(value) -> float | None:
+    """A refinement mask threshold (logit), or None for the default.
+
+    Raises:
+        PromptError: not a number, NaN, or beyond +-:data:`MAX_MASK_THRESHOLD`.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PromptError(f"mask_threshold must be a number (a logit; 0 is Meta's), got {value!r}.") from None
+    if not -MAX_MASK_THRESHOLD <= number <= MAX_MASK_THRESHOLD:  # (NaN fails this too)
+        raise PromptError(f"mask_threshold must be a logit between {-MAX_MASK_THRESHOLD:g} and {MAX_MASK_THRESHOLD:g} "
+                          f"(0 is Meta's; -1 grows masks a little); got {value!r}.")
+    return number

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .automatic.parameters import Parameter, check_table
-from .errors import SamkitError
+from .errors import SamkitError, SettingsError
 
 Window = tuple[int, int, int, int]
 
@@ -67,14 +67,14 @@ def check_tiling(tile: int | None = None, halo: int | None = None) -> dict[str, 
     """``tile`` and ``halo`` checked against :data:`TILING_PARAMETERS` (None or 0: the model's default).
 
     Raises:
-        PromptError: a value of the wrong kind or out of range; SamkitError: a tile under 64 px or
-            a halo of half the tile or more.
+        PromptError: a value of the wrong kind or out of range; SettingsError: a tile under 64 px
+            or a halo of half the tile or more.
     """
     checked = check_table(TILING_PARAMETERS, {"tile": tile, "halo": halo}, "tiling setting")
     if checked["tile"] and checked["tile"] < 64:
-        raise SamkitError(f"tile must be at least 64 pixels (or 0 for the model's default), got {checked['tile']}.")
+        raise SettingsError(f"tile must be at least 64 pixels (or 0 for the model's default), got {checked['tile']}.")
     if checked["tile"] and checked["halo"] and 2 * checked["halo"] >= checked["tile"]:
-        raise SamkitError(f"halo must be less than half the tile ({checked['tile']} px), got {checked['halo']}.")
+        raise SettingsError(f"halo must be less than half the tile ({checked['tile']} px), got {checked['halo']}.")
     return checked
 
 
@@ -87,14 +87,14 @@ def resolve_tiling(spec, tile: int | None = None, halo: int | None = None) -> tu
     """``(tile, halo)``: the given values (None or 0 for the model's default), checked.
 
     Raises:
-        SamkitError: a tile under 64 px, a negative halo, or a halo of half the tile or more.
+        SettingsError: a tile under 64 px, a negative halo, or a halo of half the tile or more.
     """
     checked = check_tiling(tile, halo)
     default_tile, default_halo = default_tiling(spec)
     tile = checked["tile"] or default_tile
     halo = checked["halo"] or default_halo
     if 2 * halo >= tile:
-        raise SamkitError(f"halo must be between 0 and half the tile ({tile // 2 - 1}), got {halo}; it is the "
+        raise SettingsError(f"halo must be between 0 and half the tile ({tile // 2 - 1}), got {halo}; it is the "
                           "overlap around each tile, at least half the diameter of the largest object.")
     return tile, halo
 

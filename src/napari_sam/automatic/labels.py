@@ -39,8 +39,7 @@ def masks_to_labels(records: Sequence[dict], shape: tuple[int, int] | None = Non
         if shape is None:
             raise SamkitError("No mask records and no shape: pass shape=(H, W) to masks_to_labels.")
         return np.zeros(tuple(shape), dtype=np.uint32)
-    first = np.asarray(records[0]["segmentation"])
-    found = first.shape
+    found = _mask_shape(records)
     if shape is not None and tuple(shape) != found:
         raise SamkitError(f"The masks are {found[0]} x {found[1]} but shape={tuple(shape)} was given.")
     n = len(records)
@@ -61,8 +60,6 @@ def masks_to_labels(records: Sequence[dict], shape: tuple[int, int] | None = Non
     for start in range(0, n, per_chunk):
         part = records[start : start + per_chunk]
         stack = torch.from_numpy(np.stack([np.asarray(r["segmentation"], dtype=bool) for r in part]))
-        if stack.shape[1:] != (h, w):
-            raise SamkitError("All masks must have the same shape to make one label image.")
         ranks = torch.from_numpy(priority[start : start + len(part)])
         painted = torch.where(stack, ranks[:, None, None], 0).amax(dim=0)
         torch.maximum(best, painted, out=best)
@@ -70,3 +67,26 @@ def masks_to_labels(records: Sequence[dict], shape: tuple[int, int] | None = Non
     to_label = np.zeros(n + 1, dtype=np.uint32)
     to_label[priority] = np.arange(1, n + 1, dtype=np.uint32)
     return to_label[best.numpy()]
+
+
+def _mask_shape(records: Sequence[dict]) -> tuple[int, int]:
+    """The ``(H, W)`` every record's mask has.
+
+    Raises:
+        SamkitError: a record that is not a dict with an ``H x W`` ``"segmentation"``, or masks
+            of different shapes.
+    """
+    shapes = set()
+    for k, record in enumerate(records):
+        if not isinstance(record, dict) or "segmentation" not in record:
+            raise SamkitError(f"Record {k} has no 'segmentation': masks_to_labels takes the dicts of "
+                              "generate_masks (an H x W bool mask under 'segmentation').")
+        mask_shape = np.shape(record["segmentation"])
+        if len(mask_shape) != 2:
+            raise SamkitError(f"Record {k}'s segmentation has shape {mask_shape}: each mask is one H x W plane "
+                              "(run-length encoded masks: decode them first).")
+        shapes.add(tuple(int(v) for v in mask_shape))
+    if len(shapes) > 1:
+        raise SamkitError(f"The masks have different shapes ({', '.join(map(str, sorted(shapes)))}): a label image "
+                          "is made from the masks of one image.")
+    return shapes.pop()

@@ -41,7 +41,7 @@ from ..errors import PromptError
 from ..inference import decode_boxes_in_window, decode_prompts, sample_logits
 from ..models.sam import SamModel
 from ..precision import resolve_precision
-from ..prompt_checks import check_boxes
+from ..prompt_checks import check_boxes, check_mask_threshold
 from ..source import PlaneSource
 from . import amg
 from .windows import plan_windows
@@ -244,6 +244,7 @@ def refine_boxes(
     source = PlaneSource.of(image, channel_axis, rgb_ready=rgb_ready)
     shape = source.shape
     boxes = check_boxes(boxes, shape)
+    mask_threshold = check_mask_threshold(mask_threshold)
     if mask_prompts is not None and len(mask_prompts) != boxes.shape[0]:
         raise PromptError(f"Got {len(mask_prompts)} mask prompts for {boxes.shape[0]} boxes; give one per box.")
     spec = model.spec
