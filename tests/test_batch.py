@@ -283,10 +283,10 @@ def test_the_automatic_widget_segments_a_folder_and_a_cancel_keeps_what_is_done(
     section = widget.folder
     assert section.run() is None and "Choose the image folder" in section.status.value
     section.input.value, section.output.value = two, tmp_path / "out"
-    assert not section.workers.native.isVisibleTo(widget.native)
-    section.where.value = "local"
-    assert section.workers.native.isVisibleTo(widget.native)
-    section.where.value = "here"
+    assert not widget.run_on.workers.native.isVisibleTo(widget.native)
+    widget.run_on.where.value = "local"
+    assert widget.run_on.workers.native.isVisibleTo(widget.native)
+    widget.run_on.where.value = "here"
     assert section.run() is not None
     qtbot.waitUntil(lambda: section.summary is not None, timeout=300_000)
     qtbot.waitUntil(lambda: not section.running, timeout=10_000)

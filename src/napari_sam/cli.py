@@ -414,7 +414,7 @@ def _cmd_segment(args) -> int:
         raise PromptError("Give --workers (a local cluster) or --dask ADDRESS (an existing one), not both.")
     model = load_model(args.model, model_type=args.model_type, device=args.device)
     client = own = threads = None
-    if args.dask or args.workers:  # one image: its tiles are the Dask tasks
+    if args.dask or args.workers:  # one image: its tiles, or a stack's planes, are the Dask tasks
         from .cluster import connect
 
         client, own, threads = connect(args.dask, args.workers, args.threads)

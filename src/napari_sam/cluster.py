@@ -116,9 +116,15 @@ def connect(address: str | None = None, workers: int | None = None, threads: int
 
     threads = threads or local_threads(workers)
     environ = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}
-    with dask.config.set(environ):  # read once by each nanny, also for the workers it restarts
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+    try:
+        with dask.config.set(environ):  # read once by each nanny, also for the workers it restarts
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=40)
+    except (RuntimeError, OSError, TimeoutError) as error:
+        raise ClusterError(
+            f"Could not start a local Dask cluster of {workers} worker process(es) ({error}). In a script, put the "
+            "code that starts it under `if __name__ == \"__main__\":` (worker processes import the script); "
+            "else run on this machine, or start a cluster yourself and give its address.") from None
     return Client(cluster), cluster, threads
 
 
@@ -240,5 +246,79 @@ def run_tiles(client, path, source, grid, settings: SegmentSettings, amg: dict, 
             result.segmented += 1
             if progress is not None:
                 progress(len(done), n)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+# --------------------------------------------------------------------------- planes of one stack
+
+
+def segment_plane_on_worker(request, settings: SegmentSettings, threads: int | None = None):
+    """The Dask task of one plane (a 2D :class:`~napari_sam.automatic.planes.StackRequest`): its
+    labels ``H x W`` (or edge map), segmented with the worker's model."""
+    from .automatic.planes import segment_stack
+
+    return segment_stack(request, worker_model(settings, threads or worker_threads()))
+
+
+#: Seconds between two looks at the planes' tasks (and at ``cancel``).
+POLL_SECONDS = 0.1
+
+
+def run_planes(client, request, settings: SegmentSettings, threads: int | None = None, progress=None, cancel=None):
+    """``(plane, result or None, False)`` of each of ``request.planes`` as its Dask task finishes.
+
+    Each plane's pixels (and boxes or rough labels) travel with its task and are
+    segmented on a worker; a plane with nothing to segment gives None at once. A plane
+    whose worker died is retried by Dask: the task holds its data, so the scheduler can
+    run it again (data scattered to a worker would die with that worker).
+
+    Raises:
+        Cancelled: ``cancel()`` said so: the planes not finished are cancelled (a plane
+            already running on a worker finishes there, unseen).
+        SamkitError: a plane's bad input (its message, prefixed by the plane), or a plane
+            Dask gave up on.
+    """
+    import time
+
+    from .automatic.planes import plane_request
+
+    jobs = {}
+    for plane in request.planes:
+        one = plane_request(request, plane)
+        if one is None:
+            yield plane, None, False
+        else:
+            jobs[plane] = one
+    n = len(request.planes)
+    finished = n - len(jobs)
+    if not jobs:
+        return
+    futures = client.map(segment_plane_on_worker, list(jobs.values()), settings=settings, threads=threads,
+                         pure=False)
+    plane_of = dict(zip(futures, jobs))
+    pending = list(futures)
+    try:
+        while pending:
+            if cancel is not None and cancel():
+                raise Cancelled(f"Cancelled after {finished} of {n} planes.")
+            done = [f for f in pending if f.done()]
+            if not done:
+                time.sleep(POLL_SECONDS)
+                continue
+            for future in done:
+                pending.remove(future)
+                plane = plane_of[future]
+                try:
+                    result = future.result()
+                except SamkitError as error:
+                    raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
+                except Exception as error:  # noqa: BLE001 - e.g. KilledWorker
+                    raise SamkitError(f"Plane {plane} could not be segmented on Dask ({type(error).__name__}: "
+                                      f"{error}); too large for a worker's memory?") from error
+                finished += 1
+                if progress is not None:
+                    progress(finished, n)
+                yield plane, result, False
     finally:
         client.cancel([f for f in futures if not f.done()])

@@ -292,7 +292,8 @@ def segment_file(
             (nothing is written then).
         say: where remarks for the person go (the command line prints them).
         client, threads: a ``distributed.Client``: the tiles of a large 2D image (automatic
-            mode) run as its tasks, with ``threads`` torch threads each (see :mod:`napari_sam.cluster`).
+            mode), or the planes of a stack (``settings.axes``), run as its tasks, with
+            ``threads`` torch threads each (see :mod:`napari_sam.cluster`).
 
     Raises:
         SamkitError: bad image, prompts or outputs, with what to do; nothing is written then.
@@ -303,7 +304,7 @@ def segment_file(
     if inputs is None:
         inputs = read_inputs(task, settings)
     if settings.axes:
-        labels, notes, extra = _segment_stack(task, settings, model, inputs, progress, cancel)
+        labels, notes, extra = _segment_stack(task, settings, model, inputs, progress, cancel, client, threads)
         written = [*extra, write_labels(task.output, labels)]
         objects, mean_area = label_figures(labels)
     else:
@@ -440,8 +441,10 @@ def _segment_prompts(source, model, boxes, points, settings, progress, cancel, s
     return labels
 
 
-def _segment_stack(task, settings, model, inputs: TaskInputs, progress, cancel) -> tuple[np.ndarray, list[str], list]:
-    """A volume or time-lapse (``settings.axes``), every mode, ids through the stack."""
+def _segment_stack(task, settings, model, inputs: TaskInputs, progress, cancel, client=None,
+                   threads=None) -> tuple[np.ndarray, list[str], list]:
+    """A volume or time-lapse (``settings.axes``), every mode, ids through the stack (planes on Dask with
+    ``client``)."""
     from .linking import write_tracks_csv
     from .volumes import segment_volume
 
@@ -451,7 +454,8 @@ def _segment_stack(task, settings, model, inputs: TaskInputs, progress, cancel) 
                             rough_labels=inputs.rough, params=settings.amg_values(), strategy=settings.strategy,
                             precision=settings.precision, linking=dict(settings.linking),
                             propagation=dict(settings.propagation),
-                            store=str(task.store) if task.store else None, progress=progress, cancel=cancel)
+                            store=str(task.store) if task.store else None, progress=progress, cancel=cancel,
+                            client=client, worker_settings=settings, worker_threads=threads)
     labels = np.asarray(result.labels)
     extra: list[Path] = []
     notes = list(result.notes)

@@ -50,6 +50,9 @@ def segment_volume(
     store: str | None = None,
     progress: Callable[[float, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    client=None,
+    worker_settings=None,
+    worker_threads: int | None = None,
 ) -> VolumeResult:
     """Segment a stack ``... x Y x X`` (``x C`` with ``rgb``) with axis letters ``axes``.
 
@@ -60,6 +63,9 @@ def segment_volume(
             :func:`napari_sam.io.read_plane_boxes_csv`).
         params: segment-everything parameters; ``linking``, ``propagation``: their settings.
         store: a folder of embedding stores (as the widgets' setting).
+        client, worker_settings, worker_threads: planes as Dask tasks (see
+            :func:`napari_sam.automatic.planes.segment_stack`); boxes with a plane column
+            are propagated here (each plane needs the one before).
     """
     from .automatic.planes import StackRequest, segment_stack
     from .stack import PlaneStack, parse_axes
@@ -79,7 +85,11 @@ def segment_volume(
         request.boxes = {None: (np.asarray(boxes[1], np.float64), np.arange(1, len(boxes[1]) + 1))}
     if mode == "labels":
         request.rough_labels = rough_labels
-    labels = segment_stack(request, model, progress=progress, cancel=cancel)
+    if client is not None:
+        request.store = None
+        notes.append(f"the planes ran on Dask ({len(client.scheduler_info().get('workers', {}))} workers)")
+    labels = segment_stack(request, model, progress=progress, cancel=cancel, client=client,
+                           worker_settings=worker_settings, worker_threads=worker_threads)
     parents: dict[int, int] = {}
     if mode == "everything" and any(a in letters[:-2] for a in "ZT"):
         from .linking import link_stack

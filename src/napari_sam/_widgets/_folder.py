@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import threading
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from ..batch import FAILED, SUMMARY_NAME
 from ..image_task import SegmentSettings
 from ._jobs import start_worker
-
-#: Where a folder runs: this process, a local Dask cluster, or a Dask scheduler by address.
-WHERE = {"here": "this machine (one process)", "local": "local Dask cluster", "address": "Dask scheduler at address"}
 
 
 class FolderRun(Container):
@@ -31,12 +28,14 @@ class FolderRun(Container):
         settings: returns the :class:`SegmentSettings` and the loaded model (or None)
             of the automatic widget at the moment of the run (GUI thread).
         lifetime: the owning widget's :class:`~._jobs.Lifetime`.
+        run_on: the widget's :class:`~._run_on.RunOn`: where the images go.
     """
 
-    def __init__(self, settings, lifetime) -> None:
+    def __init__(self, settings, lifetime, run_on) -> None:
         super().__init__(labels=True, label="")
         self._settings = settings
         self._lifetime = lifetime
+        self.run_on = run_on
         self._cancel = threading.Event()
         self._state = (0, 0, "")
         self.worker = None
@@ -50,14 +49,6 @@ class FolderRun(Container):
                                        "after a cancel to finish.")
         self.recursive = CheckBox(text="include sub-folders", value=False)
         self.overwrite = CheckBox(text="redo images already done", value=False)
-        self.where = ComboBox(label="Run on", choices=[(text, key) for key, text in WHERE.items()], value="here",
-                              tooltip="A local Dask cluster runs one worker process per image at a time; a scheduler "
-                                      "address (tcp://host:8786) sends the images to that cluster, whose workers must "
-                                      "see both folders.")
-        self.workers = SpinBox(label="Workers", value=2, min=1, max=64,
-                               tooltip="Worker processes of the local cluster.")
-        self.address = LineEdit(label="Scheduler", value="", tooltip="The Dask scheduler's address, e.g. "
-                                                                   "tcp://10.0.0.5:8786.")
         self.run_button = PushButton(text="Segment folder")
         self.cancel_button = PushButton(text="Cancel folder", enabled=False,
                                         tooltip="Stop after the images in flight; finished label images stay.")
@@ -67,9 +58,8 @@ class FolderRun(Container):
         self.title = Label(label="", value="<b>Folder</b>: segment everything in every image of a folder")
         for widget in (self.recursive, self.overwrite, self.run_button, self.cancel_button):
             widget.label = ""
-        self.extend([self.title, self.input, self.output, self.recursive, self.overwrite, self.where, self.workers,
-                     self.address, self.run_button, self.cancel_button, self.progress, self.status])
-        self.where.changed.connect(self._update_visibility)
+        self.extend([self.title, self.input, self.output, self.recursive, self.overwrite, self.run_button,
+                     self.cancel_button, self.progress, self.status])
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         from qtpy.QtCore import QTimer
@@ -77,11 +67,6 @@ class FolderRun(Container):
         self._timer = QTimer(self.native)
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._show_progress)
-        self._update_visibility()
-
-    def _update_visibility(self, *_) -> None:
-        self.workers.visible = self.where.value == "local"
-        self.address.visible = self.where.value == "address"
 
     @property
     def running(self) -> bool:
@@ -95,23 +80,24 @@ class FolderRun(Container):
         if self.input.value is None or self.output.value is None:
             self._report("Choose the image folder and the output folder first.")
             return None
-        if self.where.value == "address" and not self.address.value.strip():
-            self._report("Give the Dask scheduler's address (e.g. tcp://host:8786), or run on this machine.")
+        problem = self.run_on.problem()
+        if problem:
+            self._report(problem)
             return None
         settings, model = self._settings()
-        where = self.where.value
         options = dict(recursive=self.recursive.value, overwrite=self.overwrite.value, cancel=self._cancel.is_set,
                        report=self._on_record)
-        if where == "here":
+        dask = self.run_on.dask()
+        if dask is None:
             options["model"] = model
-        elif where == "local":
-            options["workers"] = self.workers.value
+        elif "workers" in dask:
+            options["workers"] = dask["workers"]
         else:
-            options["client"] = self.address.value.strip()
+            options["client"] = dask["address"]
         self._cancel.clear()
         self._state = (0, 0, "")
         self.progress.value = 0
-        self._set_running(True, f"Segmenting {self.input.value} on {WHERE[where]}…")
+        self._set_running(True, f"Segmenting {self.input.value} on {self.run_on.text}…")
         self.worker = start_worker(_segment_folder, str(self.input.value), str(self.output.value), settings, options,
                                    on_return=self._on_done,
                                    on_error=lambda error: self._report(str(error)), on_finish=self._on_finish,

@@ -76,19 +76,37 @@ def describe_error(error: BaseException) -> str:
     return f"Unexpected error during automatic segmentation: {type(error).__name__}: {error}"
 
 
-def _run(request: StackRequest, model, name: str, device: str | None, progress, cancel) -> Outcome:
-    """Worker body: load the model if needed, then segment (runs off the GUI thread)."""
+def _run(request: StackRequest, model, name: str, device: str | None, progress, cancel, dask=None,
+         settings=None) -> Outcome:
+    """Worker body: load the model if needed, then segment (runs off the GUI thread).
+
+    With ``dask`` (:meth:`~._run_on.RunOn.dask`), the planes run on that Dask cluster
+    with the model of ``settings`` and no model is loaded here.
+    """
     from ..automatic import Cancelled
     from ..automatic.planes import segment_stack
     from ..loading import load_model
 
     outcome = Outcome(model=model)
     try:
-        if outcome.model is None:
-            outcome.model = load_model(name, device=device)
-        if cancel():
-            raise Cancelled()
-        outcome.result = segment_stack(request, outcome.model, progress=progress, cancel=cancel)
+        if dask is not None:
+            from ..cluster import connect
+
+            client, cluster, threads = connect(dask.get("address"), dask.get("workers"))
+            try:
+                request.store = None  # the workers may not see it
+                outcome.result = segment_stack(request, None, progress=progress, cancel=cancel, client=client,
+                                               worker_settings=settings, worker_threads=threads)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        else:
+            if outcome.model is None:
+                outcome.model = load_model(name, device=device)
+            if cancel():
+                raise Cancelled()
+            outcome.result = segment_stack(request, outcome.model, progress=progress, cancel=cancel)
         if request.mode == "everything" and request.link != "none":
             from ..automatic.planes import link_planes_of
 
@@ -99,6 +117,13 @@ def _run(request: StackRequest, model, name: str, device: str | None, progress, 
     except Exception as error:  # noqa: BLE001 - reported to the person
         outcome.error = describe_error(error)
     return outcome
+
+
+def _model_name(choice: str) -> str:
+    """The name of a model choice that was not loaded here (it ran on Dask workers)."""
+    from pathlib import Path
+
+    return get_spec(choice).name if is_known_model(choice) else Path(choice).stem
 
 
 class AutomaticSegmentationWidget(Container):
@@ -163,6 +188,9 @@ class AutomaticSegmentationWidget(Container):
         self.current_plane = CheckBox(text="current plane only", value=False,
                                       tooltip="Segment only the plane on screen; the result still has the stack's "
                                       "shape (other planes stay 0).")
+        from ._run_on import RunOn
+
+        self.run_on = RunOn()
         self.run_button = PushButton(text="Run", tooltip="Start; the result becomes a new layer.")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
                                         tooltip="Stop the run; no layer is added or changed.")
@@ -173,7 +201,7 @@ class AutomaticSegmentationWidget(Container):
             widget.label = ""
         self.extend([self.image, self.mode, self.source, self.use_mask_prompt, self.model, self.device,
                      self.precision, self.strategy, self.store, *self.params.values(), *self.tiling.values(),
-                     self.link, self.current_plane,
+                     self.link, self.current_plane, *self.run_on.widgets,
                      self.run_button, self.cancel_button, self.progress, self.status])
 
         self.mode.changed.connect(self._update_visibility)
@@ -186,7 +214,7 @@ class AutomaticSegmentationWidget(Container):
         from ._jobs import Lifetime
 
         self._lifetime = Lifetime()
-        self.folder = FolderRun(self.folder_settings, self._lifetime)
+        self.folder = FolderRun(self.segment_settings, self._lifetime, self.run_on)
         self.append(self.folder)
         stop_jobs_on_exit(self.native, lambda: (self._cancel.set(), self.folder.cancel()), self._lifetime)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -311,8 +339,9 @@ class AutomaticSegmentationWidget(Container):
         """``tile`` and ``halo`` shown (None: the model's default)."""
         return {name: widget.value or None for name, widget in self.tiling.items()}
 
-    def folder_settings(self):
-        """``(SegmentSettings, loaded model or None)`` for a folder run: segment everything with the settings shown."""
+    def segment_settings(self):
+        """``(SegmentSettings, loaded model or None)``: the settings shown, for a folder run (segment everything)
+        and for the Dask workers (which load the model they name)."""
         from ..image_task import SegmentSettings
 
         settings = SegmentSettings(model=self.model.value, device=self.device.value, mode="auto",
@@ -376,8 +405,13 @@ class AutomaticSegmentationWidget(Container):
                 and request.strategy == "points":
             show_warning(f"{spec.name} was trained on boxes only: a point grid gives poor masks. "
                          "Choose 'auto' or 'boxes' under Prompts.")
+        problem = self.run_on.problem()
+        if problem:
+            self._report(problem)
+            return None
         key = (self.model.value, self.device.value)
         layer = self.image.value
+        dask = self.run_on.dask()
         self._cancel.clear()
         self._progress_state = (0.0, max(1, len(request.planes)))
         self.progress.value = 0
@@ -389,9 +423,13 @@ class AutomaticSegmentationWidget(Container):
             if not grid.single:
                 text = (f"Segmenting everything in {len(grid)} tiles of {grid.tile} px per plane (a {grid.halo} px "
                         "halo); Cancel keeps the embeddings finished in the store…")
+        if dask is not None:
+            text = (f"Sending {len(request.planes)} plane(s) to the {self.run_on.text} (each plane is a task; the "
+                    "workers load the model once)…")
         self._set_running(True, text)
         self.worker = start_worker(
-            _run, request, self._models.get(key), key[0], key[1], self._on_progress, self._cancel.is_set,
+            _run, request, self._models.get(key), key[0], key[1], self._on_progress, self._cancel.is_set, dask,
+            self.segment_settings()[0],
             on_return=lambda outcome: self._on_done(outcome, request, layer, key),
             on_finish=self._on_finish, lifetime=self._lifetime,
         )
@@ -429,9 +467,10 @@ class AutomaticSegmentationWidget(Container):
         if outcome.error is not None:
             self._report(outcome.error)
             return
-        name = result_name(image_layer.name, request.mode, outcome.model.spec.name)
+        model_name = outcome.model.spec.name if outcome.model is not None else _model_name(key[0])
+        name = result_name(image_layer.name, request.mode, model_name)
         kwargs = dict(name=name, scale=image_layer.scale, translate=image_layer.translate,
-                      metadata={"napari_samkit": {"mode": request.mode, "model": outcome.model.spec.name,
+                      metadata={"napari_samkit": {"mode": request.mode, "model": model_name,
                                                   "planes": request.planes}})
         if request.mode == "edges":
             self.last_layer = self.viewer.add_image(outcome.result, colormap="magma", blending="additive",

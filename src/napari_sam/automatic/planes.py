@@ -309,35 +309,32 @@ def _planes_text(planes: list[tuple[int, ...]]) -> str:
     return f"({shown})"
 
 
-def segment_stack(
-    request: StackRequest,
-    model,
-    progress: Callable[[float, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """Run ``request.mode`` on each of ``request.planes``; the other planes stay 0.
+def plane_request(request: StackRequest, plane: tuple[int, ...]) -> StackRequest | None:
+    """The request of one plane of ``request`` alone, as a 2D request (None: nothing to do there).
 
-    Label ids: in mode ``"everything"`` objects are numbered 1, 2, ... across the
-    planes (no id on two planes); in mode ``"boxes"`` box row ``i`` is label
-    ``i + 1``; in mode ``"labels"`` the rough ids are kept.
-
-    Args:
-        request: see :class:`StackRequest`.
-        model: a loaded :class:`~napari_sam.models.sam.SamModel`.
-        progress: ``progress(planes_done, n_planes)`` with a fractional
-            ``planes_done`` while a plane is running.
-        cancel: polled between planes and by the core; True raises :class:`Cancelled`.
-
-    Returns:
-        Labels of the spatial shape (uint32, or the rough labels' dtype), or
-        float32 edge strength in mode ``"edges"``.
-
-    Raises:
-        Cancelled: when ``cancel()`` returned True; nothing is returned then.
-        SamkitError: bad inputs, with the core's message (prefixed by the plane in stacks).
+    What a Dask task receives (:func:`napari_sam.cluster.run_planes`): the plane's
+    pixels, its boxes or rough labels, and the settings; no store (the workers may not
+    see it) and no linking (done over the whole stack afterwards).
     """
-    from .amg import Cancelled
+    boxes = rough = None
+    if request.mode == "boxes":
+        found = request.boxes.get(plane) or request.boxes.get(None)
+        if found is None or len(found[0]) == 0:
+            return None
+        boxes = {None: found}
+    if request.mode == "labels":
+        rough = np.array(request.rough_labels[plane])
+        if not rough.any():
+            return None
+    data = request.levels if not plane and request.levels else None
+    image = np.asarray(request.image[plane]) if plane else (request.image if data is None else data[0])
+    return StackRequest(image=image, mode=request.mode, planes=[()], rgb=request.rgb, params=request.params,
+                        strategy=request.strategy, boxes=boxes, rough_labels=rough,
+                        use_mask_prompt=request.use_mask_prompt, precision=request.precision,
+                        image_name=request.image_name, levels=data, tile=request.tile, halo=request.halo)
 
+
+def _check_request(request: StackRequest) -> None:
     shape = request.spatial_shape
     if len(shape) < 2:
         raise ImageError(f"An image of shape {request.image.shape} has no 2D plane to segment.")
@@ -350,12 +347,13 @@ def segment_stack(
     if request.mode == "boxes" and None not in request.boxes and not any(p in request.boxes for p in request.planes):
         raise PromptError(f"No rectangle on the plane(s) to segment {_planes_text(request.planes)}; draw boxes "
                           "on them, or untick 'current plane only'.")
-    dtype = np.float32 if request.mode == "edges" else np.uint32
-    if request.mode == "labels" and np.issubdtype(request.rough_labels.dtype, np.unsignedinteger):
-        dtype = request.rough_labels.dtype
-    out = np.zeros(shape, dtype=dtype)
+
+
+def _planes_here(request: StackRequest, model, progress, cancel):
+    """``(plane, result, numbered)`` of each plane in order, segmented in this process."""
+    from .amg import Cancelled
+
     n = len(request.planes)
-    next_id = 1
     store, key = _embedding_store(request, model)
     for k, plane in enumerate(request.planes):
         if cancel is not None and cancel():
@@ -370,12 +368,74 @@ def segment_stack(
             result = _segment_plane(request, model, plane, source, plane_progress, cancel, store, key)
         except SamkitError as error:
             raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
-        if request.mode == "everything" and (n > 1 or not source.large):  # (tiles are numbered 1, 2, ... already)
-            from skimage.segmentation import relabel_sequential
-
-            result, _, _ = relabel_sequential(result.astype(np.uint32), offset=next_id)
-            next_id = int(result.max()) + 1 if result.any() else next_id
-        out[plane] = result
+        yield plane, result, n == 1 and source.large  # (tiles are numbered 1, 2, ... already)
         if progress is not None:
             progress(k + 1, n)
+
+
+def segment_stack(
+    request: StackRequest,
+    model,
+    progress: Callable[[float, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    *,
+    client=None,
+    worker_settings=None,
+    worker_threads: int | None = None,
+) -> np.ndarray:
+    """Run ``request.mode`` on each of ``request.planes``; the other planes stay 0.
+
+    Label ids: in mode ``"everything"`` objects are numbered 1, 2, ... across the
+    planes in plane order (no id on two planes); in mode ``"boxes"`` box row ``i`` is
+    label ``i + 1``; in mode ``"labels"`` the rough ids are kept.
+
+    Args:
+        request: see :class:`StackRequest`.
+        model: a loaded :class:`~napari_sam.models.sam.SamModel` (None with ``client``).
+        progress: ``progress(planes_done, n_planes)`` with a fractional
+            ``planes_done`` while a plane is running.
+        cancel: polled between planes and by the core; True raises :class:`Cancelled`.
+        client: a ``distributed.Client``: each plane is a Dask task
+            (:func:`napari_sam.cluster.run_planes`); its pixels travel to the worker,
+            which loads the model of ``worker_settings`` (a
+            :class:`~napari_sam.image_task.SegmentSettings`) once, with
+            ``worker_threads`` torch threads (None: its CPUs). The store is not used
+            then. The labels are identical to a run in this process.
+
+    Returns:
+        Labels of the spatial shape (uint32, or the rough labels' dtype), or
+        float32 edge strength in mode ``"edges"``.
+
+    Raises:
+        Cancelled: when ``cancel()`` returned True; nothing is returned then.
+        SamkitError: bad inputs, with the core's message (prefixed by the plane in stacks).
+    """
+    _check_request(request)
+    dtype = np.float32 if request.mode == "edges" else np.uint32
+    if request.mode == "labels" and np.issubdtype(request.rough_labels.dtype, np.unsignedinteger):
+        dtype = request.rough_labels.dtype
+    out = np.zeros(request.spatial_shape, dtype=dtype)
+    if client is None:
+        results = _planes_here(request, model, progress, cancel)
+    else:
+        from ..cluster import run_planes
+
+        if worker_settings is None:
+            raise SamkitError("Planes on Dask need the workers' model settings (worker_settings=SegmentSettings(...)).")
+        results = run_planes(client, request, worker_settings, worker_threads, progress, cancel)
+    numbered = set()
+    for plane, result, tiled in results:
+        if result is not None:
+            out[plane] = result
+        if tiled:
+            numbered.add(plane)
+    if request.mode == "everything":
+        from skimage.segmentation import relabel_sequential
+
+        next_id = 1
+        for plane in request.planes:  # in plane order, wherever the planes ran
+            if plane in numbered or not out[plane].any():
+                continue
+            out[plane], _, _ = relabel_sequential(out[plane], offset=next_id)
+            next_id = int(out[plane].max()) + 1
     return out
