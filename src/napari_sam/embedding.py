@@ -316,6 +316,16 @@ def plane_view(
     return ";".join(parts)
 
 
+#: The part of :attr:`EmbeddingKey.view` of a plane whose gray levels were inverted (see
+#: :mod:`napari_sam.polarity`).
+INVERTED = "inverted"
+
+
+def inverted_view(view: str) -> str:
+    """``view`` of the same plane with its gray levels inverted."""
+    return ";".join(part for part in (view, INVERTED) if part)
+
+
 # --------------------------------------------------------------------------- memory cache
 
 

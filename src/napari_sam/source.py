@@ -99,6 +99,7 @@ class PlaneSource:
         self._scaling: RgbScaling | None = scaling
         self._whole: np.ndarray | None = None
         self._lock = threading.Lock()
+        self.inverted_levels = False
 
     @classmethod
     def of(cls, image, channel_axis: int | None = None, channels: Sequence[int] | None = None,
@@ -127,9 +128,27 @@ class PlaneSource:
     @property
     def view(self) -> str:
         """:func:`~napari_sam.embedding.plane_view` of how this plane is made RGB (the arguments given)."""
-        from .embedding import plane_view
+        from .embedding import inverted_view, plane_view
 
-        return plane_view(channel_axis=self._given_channel_axis, channels=self.channels)
+        view = plane_view(channel_axis=self._given_channel_axis, channels=self.channels)
+        return inverted_view(view) if self.inverted_levels else view
+
+    def inverted(self) -> PlaneSource:
+        """The same plane with its RGB levels inverted (255 - v), read from the same data with the same
+        scaling and signature (its :attr:`view` says so, so embeddings of it have keys of their own)."""
+        import copy
+
+        self.scaling  # noqa: B018 - sampled once, shared
+        twin = copy.copy(self)
+        twin._lock = threading.Lock()
+        twin._whole = None
+        twin.inverted_levels = not self.inverted_levels
+        return twin
+
+    def _levels(self, rgb: np.ndarray) -> np.ndarray:
+        if not self.inverted_levels:
+            return rgb
+        return (255 - rgb) if rgb.dtype == np.uint8 else (255.0 - rgb).astype(rgb.dtype, copy=False)
 
     # ------------------------------------------------------------------ reading
 
@@ -192,17 +211,18 @@ class PlaneSource:
     def _to_rgb(self, hwc: np.ndarray) -> np.ndarray:
         """Raw ``h x w x C`` pixels -> RGB 0-255 with the whole plane's scaling."""
         if self.rgb_ready:
-            return np.ascontiguousarray(hwc)
-        return as_rgb(hwc, channel_axis=2, scaling=self.scaling)
+            return self._levels(np.ascontiguousarray(hwc))
+        return self._levels(as_rgb(hwc, channel_axis=2, scaling=self.scaling))
 
     def _whole_rgb(self) -> np.ndarray:
         with self._lock:
             if self._whole is None:
                 data = np.asarray(self.data)
                 if self.rgb_ready:
-                    self._whole = data
+                    self._whole = self._levels(data)
                 else:
-                    self._whole = as_rgb(data, channel_axis=self._given_channel_axis, channels=self.channels)
+                    self._whole = self._levels(as_rgb(data, channel_axis=self._given_channel_axis,
+                                                      channels=self.channels))
             return self._whole
 
     def overview(self, side: int) -> np.ndarray:
@@ -219,6 +239,8 @@ class PlaneSource:
         for level in reversed(self.levels):  # the coarsest level large enough, then reduced if need be
             source = self if level is self.data else PlaneSource(level, self._given_channel_axis, self.channels,
                                                                   rgb_ready=self.rgb_ready, scaling=self.scaling)
+            if source is not self and self.inverted_levels:
+                source = source.inverted()
             if max(source.shape) >= side:
                 if not source.large:
                     return source._to_rgb(source._raw(None))

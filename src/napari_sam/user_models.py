@@ -108,6 +108,7 @@ def spec_from_metadata(metadata: dict[str, Any], directory: Path):
         local_path=str(directory / metadata["checkpoint"]),
         base_model=metadata.get("base_model", base.name),
         automatic=base.automatic_strategy,
+        invert_dark_objects=False,  # trained on the images as they are
         description=f"fine-tuned from {metadata.get('base_model', base.name)}"
         + (f" ({summary})" if summary else "")
         + f", {metadata.get('created', '')[:10]}",

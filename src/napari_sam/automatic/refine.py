@@ -253,8 +253,8 @@ def refine_boxes(
     precision = resolve_precision(precision, model.spec)
     results: list[RefinedObject | None] = [None] * boxes.shape[0]
     done = 0
-    embeddings = compute_embeddings(model, source, windows=windows, store=store, cache=cache, precision=precision,
-                                    cancel=cancel, key=key)
+    inverted = _inverted_windows(model, source, boxes, owner, len(windows))
+    embeddings = _window_embeddings(model, source, windows, inverted, store, cache, precision, cancel, key)
     for index, (window, embedding) in enumerate(zip(windows, embeddings)):
         members = np.flatnonzero(owner == index)
         for part in amg.batch_slices(members.size, batch_size):
@@ -278,6 +278,39 @@ def refine_boxes(
         if progress is not None:
             progress(done, boxes.shape[0])
     return results  # type: ignore[return-value]
+
+
+def _inverted_windows(model: SamModel, source, boxes: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
+    """Which windows are embedded from the inverted plane: those whose boxes are mostly around dark
+    objects in a gray plane, for a model that asks for it (see :mod:`napari_sam.polarity`)."""
+    inverted = np.zeros(count, bool)
+    if not model.spec.invert_dark_objects or not len(boxes):
+        return inverted
+    from ..polarity import dark_boxes
+
+    dark = dark_boxes(source, boxes)
+    for index in range(count):
+        members = owner == index
+        inverted[index] = members.any() and dark[members].mean() > 0.5
+    return inverted
+
+
+def _window_embeddings(model, source, windows, inverted, store, cache, precision, cancel, key):
+    """The embeddings of ``windows`` in order; the ``inverted`` ones of the inverted plane (kept in
+    memory only: a store holds the plane as it is)."""
+    from dataclasses import replace
+
+    from ..embedding import inverted_view
+
+    plain = [w for w, flip in zip(windows, inverted) if not flip]
+    flipped = [w for w, flip in zip(windows, inverted) if flip]
+    plain_embeddings = iter(compute_embeddings(model, source, windows=plain, store=store, cache=cache,
+                                               precision=precision, cancel=cancel, key=key) if plain else ())
+    flipped_embeddings = iter(compute_embeddings(
+        model, source.inverted(), windows=flipped, cache=cache, precision=precision, cancel=cancel,
+        key=None if key is None else replace(key, view=inverted_view(key.view))) if flipped else ())
+    for flip in inverted:
+        yield next(flipped_embeddings if flip else plain_embeddings)
 
 
 def paint_objects(
