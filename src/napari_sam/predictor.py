@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -273,13 +274,14 @@ class Predictor:
                       else self.window_for(zooming.union_box(positive.min(0), positive)))
         else:
             return False
-        if window is None:
+        inverted = self._inverted_for(None if box is None else np.asarray(box, dtype=np.float64).reshape(-1, 4))
+        if window is None and not inverted:
             return False
-        base = self._key_base()
+        base = self._inverted_key() if inverted else self._key_base()
         key = base.at(plane=base.plane, window=window)
         if self.cache.get(key) is not None:
             return False
-        return self.store is None or self.store.get(key) is None
+        return inverted or self.store is None or self.store.get(key) is None
 
     def _key_base(self) -> EmbeddingKey:
         embedding = self._require_embedding()
@@ -287,6 +289,29 @@ class Predictor:
             self._window_key = embedding.key or EmbeddingKey.create(self._source.signature, self.model,
                                                                     self.precision, view=self._source.view)
         return self._window_key
+
+    def _inverted_for(self, boxes: np.ndarray | None) -> bool:
+        """Whether prompts with these ``N x 4`` boxes (image pixels) are answered from the inverted image:
+        mostly dark objects in a gray image, for a model that asks for it (see :mod:`napari_sam.polarity`)."""
+        if boxes is None or not len(boxes) or self._source is None or not self.spec.invert_dark_objects:
+            return False
+        from .polarity import dark_boxes
+
+        return bool(dark_boxes(self._source, boxes).mean() > 0.5)
+
+    def _inverted_key(self) -> EmbeddingKey:
+        from .embedding import inverted_view
+
+        base = self._key_base()
+        return replace(base, view=inverted_view(base.view))
+
+    def inverted_embedding(self, window: Window | None) -> ImageEmbedding:
+        """The embedding of ``window`` (None: the whole image) of the current image with its gray levels
+        inverted (cached in memory, never stored: the store holds the image as it is)."""
+        self._require_embedding()
+        key = self._inverted_key()
+        return embed_one(self.model, self._source.inverted(), windows=[window], key=key, cache=self.cache,
+                         precision=key.precision)
 
     def window_embedding(self, window: Window) -> ImageEmbedding:
         """The embedding of an ``(x0, y0, x1, y1)`` window of the current image (cached, stored)."""
@@ -489,12 +514,13 @@ class Predictor:
     def _answer(self, window: Window | None, coords, point_labels, boxes, mask, multimask) -> list[RegionPrediction]:
         """The prompts (image coordinates) answered from ``window`` (None: the whole image): one
         :class:`RegionPrediction` per box row (one without boxes)."""
+        inverted = self._inverted_for(boxes)
         if window is None:
-            embedding = self._embedding
+            embedding = self.inverted_embedding(None) if inverted else self._embedding
             if self.large:
                 self.last_coarse = max(embedding.original_size) / max(embedding.input_size)
         else:
-            embedding = self.window_embedding(window)
+            embedding = self.inverted_embedding(window) if inverted else self.window_embedding(window)
             x0, y0, x1, y1 = window
             origin = np.array([x0, y0], dtype=np.float64)
             if coords is not None:
