@@ -121,6 +121,28 @@ def test_each_stop_criterion_stops_at_its_plane():
     assert 7 in relaxed.planes
 
 
+def test_propagation_stops_where_the_object_fades_into_its_background():
+    """The mask stays (a 'model' that answers the blob everywhere) but its contrast fades past plane 7:
+    the blur past the end of a nucleus in z."""
+    from napari_sam.source import PlaneSource
+
+    volume = moving_blob(planes=range(0, 12))
+    intensity = np.where(volume, 200, 50).astype(np.uint8)
+    for k, level in ((8, 90), (9, 70), (10, 60), (11, 55)):
+        intensity[k][volume[k]] = level
+    intensity[0, 0, 0], intensity[:, -1, -1] = 0, 255  # one scaling for every plane
+    fake = ThresholdPredictor(volume)
+    type(fake).source = property(lambda self: PlaneSource(intensity[self.plane]))
+    try:
+        kept = propagate(fake, fake.set_plane, 12, 5, [volume[5]], directions=(1,),
+                         settings=dict(min_contrast_share=0.0))[0]
+        assert kept.planes == list(range(5, 12))  # 0 turns it off
+        result = propagate(fake, fake.set_plane, 12, 5, [volume[5]], directions=(1,))[0]
+    finally:
+        del type(fake).source
+    assert result.planes == [5, 6, 7] and "contrast 0.27 of the start plane's < 0.5" in result.stops[1]
+
+
 def test_objects_propagate_together_one_batch_per_plane_and_correction_replaces_the_rest():
     a, b = moving_blob(planes=range(1, 6)), np.zeros((12, 64, 80), bool)
     for k in range(3, 11):

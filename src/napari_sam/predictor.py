@@ -146,6 +146,12 @@ class Predictor:
         return self._embedding
 
     @property
+    def source(self):
+        """The current image as a :class:`~napari_sam.source.PlaneSource` (None before :meth:`set_image`, or
+        for an embedding set without its image)."""
+        return self._source
+
+    @property
     def is_image_set(self) -> bool:
         return self._embedding is not None
 

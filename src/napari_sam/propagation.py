@@ -49,11 +49,19 @@ PROPAGATION_PARAMETERS: dict[str, Parameter] = {
                   "Stop when the mask's area falls below this share of the object's largest area so far: "
                   "past the end of a nucleus in z only a shrinking blur is left. 0 turns this off "
                   "(objects that shrink a lot, e.g. through a division).", strategies=()),
+        Parameter("min_contrast_share", float, 0.5, 0.0, 1.0, 0.05,
+                  "Stop when the object's contrast (mean gray level inside its mask minus around it) falls below "
+                  "this share of its contrast on the start plane: past the end of an object only blur is left. "
+                  "0 turns this off.", strategies=()),
         Parameter("box_margin", float, 0.1, 0.0, 1.0, 0.05,
                   "The previous mask's box is grown by this share of its size on each side (at least one pixel) "
                   "before prompting the next plane: room for an object that grows.", strategies=()),
     )
 }
+
+
+#: Gray levels (0-255) of contrast an object needs on its start plane for ``min_contrast_share`` to judge it.
+MIN_START_CONTRAST = 2.0
 
 
 def check_propagation(**values) -> dict[str, float]:
@@ -212,8 +220,8 @@ def propagate(
         scores: predicted IoU of the start masks (default 1).
         directions: ``(1, -1)`` both ways, ``(1,)`` towards higher indices only (a
             correction from a middle plane), ``(-1,)`` towards lower.
-        settings: ``min_iou``, ``min_overlap``, ``box_margin`` (see
-            :data:`PROPAGATION_PARAMETERS`; the defaults for the others).
+        settings: ``min_iou``, ``min_overlap``, ``min_area_share``, ``min_contrast_share``,
+            ``box_margin`` (see :data:`PROPAGATION_PARAMETERS`; the defaults for the others).
         progress: ``progress(planes_done, planes_at_most)``.
         cancel: polled before each plane; True raises :class:`~napari_sam.errors.Cancelled`.
 
@@ -234,6 +242,11 @@ def propagate(
     total = sum((n_planes - 1 - start) if d == 1 else start for d in directions)
     done = 0
     largest = [r.area for r in regions]
+    contrast = [None] * len(objects)
+    if s["min_contrast_share"] > 0:
+        set_plane(start)
+        contrast = [c if abs(c) >= MIN_START_CONTRAST else None  # (no contrast to lose: not judged)
+                    for c in (mask_contrast(getattr(predictor, "source", None), r) for r in regions)]
     for direction in directions:
         previous = {i: (regions[i], first_logits[i] if uses_masks else None) for i in range(len(objects))}
         plane = start + direction
@@ -257,6 +270,11 @@ def propagate(
                     if overlap < s["min_overlap"]:
                         reason = f"plane {plane}: overlap with plane {plane - direction} {overlap:.2f} < " \
                                  f"{s['min_overlap']:g}"
+                    elif contrast[i]:
+                        share = mask_contrast(predictor.source, region) / contrast[i]
+                        if share < s["min_contrast_share"]:
+                            reason = f"plane {plane}: contrast {share:.2f} of the start plane's < " \
+                                     f"{s['min_contrast_share']:g}"
                 if reason is not None:
                     obj.stops[direction] = reason
                     previous.pop(i)
@@ -293,6 +311,27 @@ def _answer(predictor, previous: dict, margin: float, uses_masks: bool) -> dict:
                                    mask_input=None if low_res is None else low_res[None], multimask=False)
         out[i] = (RegionMask.of(result.masks[0]), float(result.iou_scores[0]), result.low_res_logits[0])
     return out
+
+
+def mask_contrast(source, region: RegionMask) -> float:
+    """Mean gray level (0-255) inside ``region`` minus the mean in a ring around it (a quarter of the
+    object's equivalent diameter wide, at least 2 pixels); 0 without a source or a mask."""
+    from scipy import ndimage
+
+    if source is None or region.area == 0:
+        return 0.0
+    h, w = region.shape
+    ring = max(2, int(round(0.5 * np.sqrt(region.area / np.pi))))
+    y0, x0 = max(0, region.row - ring), max(0, region.col - ring)
+    y1, x1 = min(h, region.row + region.mask.shape[0] + ring), min(w, region.col + region.mask.shape[1] + ring)
+    gray = np.asarray(source.rgb((x0, y0, x1, y1)), dtype=np.float32).mean(-1)
+    inside = np.zeros(gray.shape, bool)
+    inside[region.row - y0:region.row - y0 + region.mask.shape[0],
+           region.col - x0:region.col - x0 + region.mask.shape[1]] = region.mask
+    around = ndimage.binary_dilation(inside, iterations=ring) & ~inside
+    if not around.any():
+        return 0.0
+    return float(gray[inside].mean() - gray[around].mean())
 
 
 def propagate_stack(stack, predictor, start: int, masks, *, cache=None, store=None, **kwargs) -> list[PropagatedObject]:
