@@ -27,6 +27,25 @@ import numpy as np
 DARK_CONTRAST = 8.0
 #: Largest spread of R, G and B (0-255) of a plane that counts as gray.
 GRAY_SPREAD = 0.5
+#: Most pixels read at once to judge boxes (a box around more of a large image is not judged).
+MAX_READ_PIXELS = 2048 * 2048
+
+
+def _readable(source, window) -> bool:
+    """Whether ``window`` is small enough to read for judging (never a whole large plane)."""
+    x0, y0, x1, y1 = (int(v) for v in window)
+    h, w = source.shape
+    if source.large and (x0, y0, x1, y1) == (0, 0, w, h):
+        return False
+    return (x1 - x0) * (y1 - y0) <= MAX_READ_PIXELS
+
+
+def _gray(source, window) -> np.ndarray | None:
+    """The gray levels of ``window`` of a gray plane, or None for a colour plane."""
+    rgb = np.asarray(source.rgb(window), dtype=np.float32)
+    if float(np.ptp(rgb, axis=-1).max()) > GRAY_SPREAD:
+        return None
+    return rgb[..., 0]
 
 
 def dark_boxes(source, boxes: np.ndarray) -> np.ndarray:
@@ -38,7 +57,8 @@ def dark_boxes(source, boxes: np.ndarray) -> np.ndarray:
         boxes: ``N x 4`` (x0, y0, x1, y1) pixel boxes, inside the plane.
 
     Returns:
-        All False for a colour plane or no boxes.
+        All False for a colour plane or no boxes; False for a box around more than
+        :data:`MAX_READ_PIXELS` or the whole of a large plane (not judged).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     dark = np.zeros(len(boxes), bool)
@@ -51,12 +71,19 @@ def dark_boxes(source, boxes: np.ndarray) -> np.ndarray:
     outer = outer.astype(np.int64)
     x0, y0 = outer[:, :2].min(0)
     x1, y1 = outer[:, 2:].max(0)
-    rgb = np.asarray(source.rgb((int(x0), int(y0), int(x1), int(y1))), dtype=np.float32)
-    if float(np.ptp(rgb, axis=-1).max()) > GRAY_SPREAD:
+    whole = _readable(source, (x0, y0, x1, y1))  # one read for all, else one per box
+    gray = _gray(source, (int(x0), int(y0), int(x1), int(y1))) if whole else None
+    if whole and gray is None:
         return dark
-    gray = rgb[..., 0]
     for k, ((bx0, by0, bx1, by1), (ox0, oy0, ox1, oy1)) in enumerate(zip(boxes, outer)):
-        ring = gray[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+        if whole:
+            ring = gray[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+        elif _readable(source, (ox0, oy0, ox1, oy1)):
+            ring = _gray(source, (int(ox0), int(oy0), int(ox1), int(oy1)))
+            if ring is None:
+                return dark
+        else:  # a box over much of a large image: not judged
+            continue
         inside = np.zeros(ring.shape, bool)
         ix0, iy0 = int(np.floor(bx0)) - ox0, int(np.floor(by0)) - oy0
         ix1, iy1 = int(np.ceil(bx1)) - ox0, int(np.ceil(by1)) - oy0
