@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--summary", help="batch: the summary table (default: OUTPUT/samkit_summary.csv)")
     segment.add_argument("--workers", type=int,
                          help="run on a local Dask cluster of N worker processes (started and closed here): a "
-                              "batch's images, or one large image's tiles, are its tasks")
+                              "batch's images, one large image's tiles, or a stack's planes (--axes) are its tasks")
     segment.add_argument("--dask", metavar="ADDRESS",
                          help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786), as "
                               "--workers; its workers must see the input and output folders")

@@ -281,7 +281,7 @@ def run_planes(client, request, settings: SegmentSettings, threads: int | None =
     """
     import time
 
-    from .automatic.planes import plane_request
+    from .automatic.planes import on_plane, plane_request
 
     jobs = {}
     for plane in request.planes:
@@ -312,7 +312,7 @@ def run_planes(client, request, settings: SegmentSettings, threads: int | None =
                 try:
                     result = future.result()
                 except SamkitError as error:
-                    raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
+                    raise on_plane(error, plane) from error
                 except Exception as error:  # noqa: BLE001 - e.g. KilledWorker
                     raise SamkitError(f"Plane {plane} could not be segmented on Dask ({type(error).__name__}: "
                                       f"{error}); too large for a worker's memory?") from error

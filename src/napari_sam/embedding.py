@@ -95,6 +95,10 @@ class EmbeddingKey:
         """The same image, model and precision at another plane and window."""
         return replace(self, plane=plane, window=window)
 
+    def inverted(self) -> EmbeddingKey:
+        """The key of the same plane with its gray levels inverted (see :func:`inverted_view`)."""
+        return replace(self, view=inverted_view(self.view))
+
     @property
     def store_attributes(self) -> dict[str, str]:
         """What one store (one image, one model, one precision, one version) has in common."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -283,7 +282,7 @@ class Predictor:
         inverted = self._inverted_for(None if box is None else np.asarray(box, dtype=np.float64).reshape(-1, 4))
         if window is None and not inverted:
             return False
-        base = self._inverted_key() if inverted else self._key_base()
+        base = self._key_base().inverted() if inverted else self._key_base()
         key = base.at(plane=base.plane, window=window)
         if self.cache.get(key) is not None:
             return False
@@ -305,17 +304,11 @@ class Predictor:
 
         return bool(dark_boxes(self._source, boxes).mean() > 0.5)
 
-    def _inverted_key(self) -> EmbeddingKey:
-        from .embedding import inverted_view
-
-        base = self._key_base()
-        return replace(base, view=inverted_view(base.view))
-
     def inverted_embedding(self, window: Window | None) -> ImageEmbedding:
         """The embedding of ``window`` (None: the whole image) of the current image with its gray levels
         inverted (cached in memory, never stored: the store holds the image as it is)."""
         self._require_embedding()
-        key = self._inverted_key()
+        key = self._key_base().inverted()
         return embed_one(self.model, self._source.inverted(), windows=[window], key=key, cache=self.cache,
                          precision=key.precision)
 

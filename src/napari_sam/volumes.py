@@ -86,7 +86,6 @@ def segment_volume(
     if mode == "labels":
         request.rough_labels = rough_labels
     if client is not None:
-        request.store = None
         notes.append(f"the planes ran on Dask ({len(client.scheduler_info().get('workers', {}))} workers)")
     labels = segment_stack(request, model, progress=progress, cancel=cancel, client=client,
                            worker_settings=worker_settings, worker_threads=worker_threads)

@@ -94,7 +94,6 @@ def _run(request: StackRequest, model, name: str, device: str | None, progress, 
 
             client, cluster, threads = connect(dask.get("address"), dask.get("workers"))
             try:
-                request.store = None  # the workers may not see it
                 outcome.result = segment_stack(request, None, progress=progress, cancel=cancel, client=client,
                                                worker_settings=settings, worker_threads=threads)
             finally:

@@ -334,6 +334,11 @@ def plane_request(request: StackRequest, plane: tuple[int, ...]) -> StackRequest
                         image_name=request.image_name, levels=data, tile=request.tile, halo=request.halo)
 
 
+def on_plane(error: SamkitError, plane: tuple[int, ...]) -> SamkitError:
+    """``error`` with its plane named (as is for a 2D image), of the same kind."""
+    return type(error)(f"Plane {plane}: {error}" if plane else str(error))
+
+
 def _check_request(request: StackRequest) -> None:
     shape = request.spatial_shape
     if len(shape) < 2:
@@ -367,7 +372,7 @@ def _planes_here(request: StackRequest, model, progress, cancel):
         try:
             result = _segment_plane(request, model, plane, source, plane_progress, cancel, store, key)
         except SamkitError as error:
-            raise type(error)(f"Plane {plane}: {error}" if plane else str(error)) from error
+            raise on_plane(error, plane) from error
         yield plane, result, n == 1 and source.large  # (tiles are numbered 1, 2, ... already)
         if progress is not None:
             progress(k + 1, n)

@@ -298,17 +298,13 @@ def _inverted_windows(model: SamModel, source, boxes: np.ndarray, owner: np.ndar
 def _window_embeddings(model, source, windows, inverted, store, cache, precision, cancel, key):
     """The embeddings of ``windows`` in order; the ``inverted`` ones of the inverted plane (kept in
     memory only: a store holds the plane as it is)."""
-    from dataclasses import replace
-
-    from ..embedding import inverted_view
-
     plain = [w for w, flip in zip(windows, inverted) if not flip]
     flipped = [w for w, flip in zip(windows, inverted) if flip]
     plain_embeddings = iter(compute_embeddings(model, source, windows=plain, store=store, cache=cache,
                                                precision=precision, cancel=cancel, key=key) if plain else ())
     flipped_embeddings = iter(compute_embeddings(
         model, source.inverted(), windows=flipped, cache=cache, precision=precision, cancel=cancel,
-        key=None if key is None else replace(key, view=inverted_view(key.view))) if flipped else ())
+        key=None if key is None else key.inverted()) if flipped else ())
     for flip in inverted:
         yield next(flipped_embeddings if flip else plain_embeddings)
 
